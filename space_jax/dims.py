@@ -1,0 +1,255 @@
+"""Sizing: pooling resolution, subspace sizes and latent dimension from the targets' spectra.
+
+The host-level functions (:func:`k_per_q`, :func:`optimal_bins`, :func:`solve_dims`,
+:func:`minimal_latent_dim`) check their inputs eagerly (NaN/inf included) and return Python
+ints. Their traced counterparts (:func:`explained_rank`, :func:`bins_for_modes`) return arrays,
+so a sweep over thresholds can be jitted and vmapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import as_float, check_finite, check_positive_int, check_threshold
+from .pooling import pool
+
+__all__ = [
+    "align_latent_dim",
+    "bins_for_modes",
+    "explained_rank",
+    "k_per_q",
+    "minimal_latent_dim",
+    "optimal_bins",
+    "solve_dims",
+]
+
+logger = logging.getLogger(__name__)
+
+_EPS = 1e-8
+
+
+def _as_matrix(y: jax.Array) -> jax.Array:
+    if y.ndim == 1:
+        return y[:, None]
+    return y.reshape(y.shape[0], -1)
+
+
+def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> jax.Array:
+    """Number of leading principal components that explain a fraction of the variance.
+
+    With ``s`` the singular values of the centered target, ``spec = s**2 / (sum(s**2) + 1e-8)``
+    and the result is ``count(cumsum(spec) < threshold) + 1`` (spacelearn's rule). The spectrum
+    comes from the eigenvalues of the smaller Gram matrix (exact, no SVD).
+
+    Args:
+      y: target ``(B,)``, ``(B, m)`` or ``(B, ...)`` (flattened).
+      threshold: fraction of variance in ``(0, 1]``; may be traced (vmap over thresholds).
+
+    Returns:
+      An int32 scalar array.
+    """
+    y = as_float(y, "y")
+    if y.ndim == 0:
+        raise ValueError("y: expected a batch of targets, got a scalar")
+    yc = _as_matrix(y)
+    yc = yc - yc.mean(axis=0, keepdims=True)
+    g = yc.T @ yc if yc.shape[0] >= yc.shape[1] else yc @ yc.T
+    var = jnp.maximum(jnp.linalg.eigvalsh(g)[::-1], 0.0)
+    cumulative = jnp.cumsum(var / (jnp.sum(var) + _EPS))
+    return (jnp.sum(cumulative < threshold) + 1).astype(jnp.int32)
+
+
+def bins_for_modes(n_modes: jax.typing.ArrayLike, max_bins: int) -> jax.Array:
+    """Grid side that holds ``n_modes`` modes: ``ceil(sqrt(n_modes))`` clamped to
+    ``[2, max_bins]`` (traced counterpart of :func:`optimal_bins`' last step)."""
+    side = jnp.ceil(jnp.sqrt(jnp.asarray(n_modes, jnp.float32))).astype(jnp.int32)
+    return jnp.clip(side, 2, max(max_bins, 2))
+
+
+_explained_rank_jit = jax.jit(explained_rank)
+
+
+def _thresholds(Y: Mapping, threshold, default_threshold, fallback: float, name: str) -> dict:
+    """Per-quantity thresholds: a float for all, or a dict with a fallback."""
+    if default_threshold is not None:
+        fallback = check_threshold(default_threshold, "default_threshold")
+    if isinstance(threshold, Mapping):
+        unknown = [q for q in threshold if q not in Y]
+        if unknown:
+            raise ValueError(
+                f"{name}: thresholds for unknown quantities {unknown}; Y has {list(Y)}"
+            )
+        return {q: check_threshold(threshold.get(q, fallback), f"{name}[{q!r}]") for q in Y}
+    t = check_threshold(threshold, name)
+    return dict.fromkeys(Y, t)
+
+
+def _host_targets(Y: Mapping, name: str = "Y") -> dict[str, jax.Array]:
+    if not isinstance(Y, Mapping) or len(Y) == 0:
+        raise ValueError(f"{name}: expected a non-empty dict of per-quantity targets")
+    out = {}
+    for q, y in Y.items():
+        y = as_float(y, f"{name}[{q!r}]")
+        if y.ndim == 0 or y.shape[0] < 2:
+            raise ValueError(
+                f"{name}[{q!r}]: expected a batch of at least 2 samples, got shape {y.shape}"
+            )
+        check_finite(y, f"{name}[{q!r}]")
+        out[q] = y
+    return out
+
+
+def _rank(y: jax.Array, t: float) -> int:
+    return int(_explained_rank_jit(y, jnp.asarray(t, y.dtype)))
+
+
+def k_per_q(
+    Y: Mapping,
+    threshold: float | Mapping[str, float] = 0.90,
+    *,
+    default_threshold: float | None = None,
+    per_quantity: bool = True,
+) -> int | dict[str, int]:
+    """Subspace size per quantity: components needed to explain ``threshold`` of the variance.
+
+    Args:
+      Y: ``{q: (B, ...)}`` pooled targets (1-D targets are ``(B, 1)``).
+      threshold: a float in ``(0, 1]`` or ``{q: float}``.
+      default_threshold: fallback for quantities missing from a dict ``threshold`` (else the
+        float ``threshold``, else 0.90).
+      per_quantity: return ``{q: k_q}``; otherwise the largest ``k_q``.
+
+    Returns:
+      ``{q: int}`` or an int.
+    """
+    Y = _host_targets(Y)
+    ts = _thresholds(Y, threshold, default_threshold, 0.90, "threshold")
+    ks = {q: _rank(y, ts[q]) for q, y in Y.items()}
+    logger.info("subspace sizes: %s", ks)
+    return ks if per_quantity else max(ks.values())
+
+
+def optimal_bins(
+    Y: Mapping,
+    max_bins: int = 16,
+    variance_threshold: float | Mapping[str, float] = 0.95,
+    *,
+    default_threshold: float | None = None,
+    per_quantity: bool = False,
+) -> int | dict[str, int]:
+    """Pooling grid side per quantity from its spectrum (modes -> ``ceil(sqrt(modes))``).
+
+    Args:
+      Y: ``{q: (B, ...)}`` targets at a coarse resolution.
+      max_bins: largest grid side considered.
+      variance_threshold: a float in ``(0, 1]`` or ``{q: float}``.
+      default_threshold: fallback for quantities missing from a dict (else the float, else 0.95).
+      per_quantity: return ``{q: n_q}``; otherwise the largest ``n_q``.
+
+    Returns:
+      ``{q: int}`` or an int, each in ``[2, max_bins]``.
+    """
+    max_bins = check_positive_int(max_bins, "max_bins")
+    Y = _host_targets(Y)
+    ts = _thresholds(Y, variance_threshold, default_threshold, 0.95, "variance_threshold")
+    out = {}
+    for q, y in Y.items():
+        modes = _rank(y, ts[q])
+        out[q] = max(2, min(math.ceil(math.sqrt(modes)), max_bins))
+        logger.info("[%s] %d modes (threshold %.2f) -> n_bins=%d", q, modes, ts[q], out[q])
+    return out if per_quantity else max(out.values())
+
+
+def solve_dims(
+    Y: Mapping,
+    max_bins: int,
+    bin_thresholds: float | Mapping[str, float],
+    k_thresholds: float | Mapping[str, float],
+    *,
+    bin_default_threshold: float | None = None,
+    k_default_threshold: float | None = None,
+    pooling_mode: str = "avg",
+    pool_per_quantity: bool = False,
+    k_per_quantity: bool = False,
+) -> dict[str, tuple[int, int]]:
+    """Pooling resolution and subspace size per quantity.
+
+    :func:`optimal_bins` picks the grid, each target is pooled to it with :func:`pool`, and
+    :func:`k_per_q` sizes the subspaces on the pooled targets.
+
+    Args:
+      Y: ``{q: (B, S)`` or ``(B, C, H, W)}`` targets.
+      max_bins, bin_thresholds, bin_default_threshold: as :func:`optimal_bins`.
+      k_thresholds, k_default_threshold: as :func:`k_per_q`.
+      pooling_mode: ``"avg"`` or ``"max"``.
+      pool_per_quantity: one grid per quantity (else the largest for all).
+      k_per_quantity: one size per quantity (else the largest for all).
+
+    Returns:
+      ``{q: (n_bins, k)}``.
+    """
+    n = optimal_bins(
+        Y,
+        max_bins,
+        bin_thresholds,
+        default_threshold=bin_default_threshold,
+        per_quantity=pool_per_quantity,
+    )
+    n_of = n if pool_per_quantity else dict.fromkeys(Y, n)
+    pooled = {q: pool(y, n_of[q], pooling_mode) for q, y in Y.items()}
+    k = k_per_q(
+        pooled, k_thresholds, default_threshold=k_default_threshold, per_quantity=k_per_quantity
+    )
+    k_of = k if k_per_quantity else dict.fromkeys(Y, k)
+    return {q: (n_of[q], k_of[q]) for q in Y}
+
+
+def align_latent_dim(dim: int, num_heads: int) -> int:
+    """Rounds ``dim`` up to a multiple of ``num_heads``."""
+    dim = check_positive_int(dim, "dim")
+    num_heads = check_positive_int(num_heads, "num_heads")
+    return -(-dim // num_heads) * num_heads
+
+
+def minimal_latent_dim(
+    k: int | Mapping[str, int],
+    *,
+    Q: int | None = None,
+    free_frac: float = 0.30,
+    num_heads: int | None = None,
+) -> int:
+    """Smallest latent size holding all subspaces plus a free fraction.
+
+    ``D = ceil(sum_k / (1 - free_frac))`` with ``sum_k = sum(k.values())`` or ``Q * k``, then
+    rounded up to a multiple of ``num_heads``.
+
+    Args:
+      k: an int shared by ``Q`` quantities, or ``{q: k_q}``.
+      Q: number of quantities (required when ``k`` is an int).
+      free_frac: fraction of unconstrained dimensions, in ``[0, 1)``.
+      num_heads: optional head count the result must divide into.
+
+    Returns:
+      An int.
+    """
+    if not 0.0 <= float(free_frac) < 1.0:
+        raise ValueError(f"free_frac: expected a float in [0, 1), got {free_frac}")
+    if isinstance(k, Mapping):
+        if len(k) == 0:
+            raise ValueError("k: expected at least one quantity, got an empty dict")
+        physics = sum(check_positive_int(v, f"k[{q!r}]") for q, v in k.items())
+    else:
+        k = check_positive_int(k, "k")
+        if Q is None:
+            raise ValueError("Q: required when k is an int (the number of quantities)")
+        physics = check_positive_int(Q, "Q") * k
+    dim = math.ceil(physics / (1.0 - float(free_frac)))
+    logger.info("latent sizing: free=%.0f%% -> D_min=%d", 100 * float(free_frac), dim)
+    if num_heads is not None:
+        dim = align_latent_dim(dim, num_heads)
+    return dim

@@ -1,0 +1,263 @@
+"""Singular value decompositions with a choice of algorithm.
+
+Four solvers, chosen by the static keyword ``solver``:
+
+* ``"svd"``: LAPACK's divide-and-conquer SVD (``jnp.linalg.svd``).
+* ``"eigen"``: eigendecomposition of a Gram matrix (``A @ A.T`` for left vectors, ``A.T @ A``
+  for right vectors and singular values). Exact in exact arithmetic, but squares the condition
+  number: singular values below ``sqrt(eps) * s_max`` lose their relative accuracy.
+* ``"lowrank"``: randomised SVD with subspace iterations, the algorithm of ``torch.svd_lowrank``
+  (sketch of ``rank`` columns, default 6, and ``n_iter`` power iterations, default 2). An
+  approximation: only ``min(rank, H, W)`` triplets are returned.
+* ``"auto"``: exact, picks the cheaper route by shape. Singular values of a long or wide matrix
+  come from the eigenvalues of the small Gram matrix; vectors come from ``"svd"`` (LAPACK already
+  reduces a tall matrix by QR first). Unlike spacelearn's ``"auto"``, it never switches to the
+  randomised sketch.
+
+Every solver returns the reduced factorisation: for ``A`` of shape ``(H, W)`` and
+``r = min(H, W)`` (``min(rank, r)`` for ``"lowrank"``), ``U`` is ``(H, r)``, ``S`` is ``(r,)``
+in descending order and ``Vh`` is ``(r, W)``. Pass ``full_matrices=True`` to get square ``U`` and
+``Vh`` from the ``"svd"`` route.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import as_float
+
+__all__ = ["Solver", "full", "gram", "left", "right", "singular_values", "symmetric_eigvals"]
+
+Solver = Literal["auto", "svd", "eigen", "lowrank"]
+_SOLVERS = ("auto", "svd", "eigen", "lowrank")
+# "auto" uses the Gram route for singular values once one side is this many times the other.
+_GRAM_ASPECT = 2
+
+
+def _check(a, solver: str, name: str = "A") -> jax.Array:
+    if solver not in _SOLVERS:
+        raise ValueError(f"solver: expected one of {_SOLVERS}, got {solver!r}")
+    a = as_float(a, name)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a matrix of shape (H, W), got shape {a.shape}")
+    return a
+
+
+def _eigh_desc(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigenvalues (clamped at 0) and eigenvectors of a Gram matrix, descending."""
+    w, v = jnp.linalg.eigh(g)
+    return jnp.maximum(w[::-1], 0.0), v[:, ::-1]
+
+
+def _gram_singular_values(a: jax.Array) -> jax.Array:
+    h, w = a.shape
+    g = a.T @ a if h >= w else a @ a.T
+    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(g)[::-1], 0.0))
+
+
+def _eigen_left(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r = min(a.shape)
+    s2, u = _eigh_desc(a @ a.T)
+    return u[:, :r], jnp.sqrt(s2[:r])
+
+
+def _eigen_right(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r = min(a.shape)
+    s2, v = _eigh_desc(a.T @ a)
+    return v[:, :r].T, jnp.sqrt(s2[:r])
+
+
+def _eigen_full(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    # Eigenvectors of the smaller Gram matrix; the other side follows as A v / s. Directions
+    # with s == 0 have no defined partner and come back as zero vectors.
+    h, w = a.shape
+    if h >= w:
+        vh, s = _eigen_right(a)
+        safe = jnp.where(s > 0, s, 1.0)
+        u = jnp.where(s > 0, (a @ vh.T) / safe, 0.0)
+        return u, s, vh
+    u, s = _eigen_left(a)
+    safe = jnp.where(s > 0, s, 1.0)
+    vh = jnp.where(s[:, None] > 0, (u.T @ a) / safe[:, None], 0.0)
+    return u, s, vh
+
+
+def _lowrank(
+    a: jax.Array, rank: int, n_iter: int, key: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Randomised SVD (Halko et al. 2011, algorithm 4.4), as ``torch.svd_lowrank``."""
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    transpose = a.shape[0] < a.shape[1]
+    m = a.T if transpose else a
+    q = min(rank, *m.shape)
+    omega = jax.random.normal(key, (m.shape[1], q), dtype=m.dtype)
+    basis, _ = jnp.linalg.qr(m @ omega)
+    for _ in range(n_iter):
+        basis, _ = jnp.linalg.qr(m.T @ basis)
+        basis, _ = jnp.linalg.qr(m @ basis)
+    ub, s, vh = jnp.linalg.svd(basis.T @ m, full_matrices=False)
+    u = basis @ ub
+    if transpose:
+        return vh.T, s, u.T
+    return u, s, vh
+
+
+def full(
+    a: jax.typing.ArrayLike,
+    *,
+    solver: Solver = "auto",
+    full_matrices: bool = False,
+    n_iter: int = 2,
+    rank: int = 6,
+    key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Singular value decomposition ``A = U @ diag(S) @ Vh``.
+
+    Args:
+      a: matrix of shape ``(H, W)``.
+      solver: ``"auto"``, ``"svd"``, ``"eigen"`` or ``"lowrank"`` (static).
+      full_matrices: square ``U`` and ``Vh`` (``"svd"`` and ``"auto"`` only).
+      n_iter: power iterations of ``"lowrank"``.
+      rank: sketch size of ``"lowrank"``.
+      key: PRNG key of ``"lowrank"`` (default ``PRNGKey(0)``, so results are reproducible).
+
+    Returns:
+      ``(U, S, Vh)`` with shapes ``(H, r)``, ``(r,)``, ``(r, W)``; ``S`` descending.
+    """
+    a = _check(a, solver)
+    if solver == "lowrank":
+        return _lowrank(a, rank, n_iter, key)
+    if solver == "eigen":
+        return _eigen_full(a)
+    return tuple(jnp.linalg.svd(a, full_matrices=full_matrices))
+
+
+def left(
+    a: jax.typing.ArrayLike,
+    *,
+    solver: Solver = "auto",
+    full_matrices: bool = False,
+    n_iter: int = 2,
+    rank: int = 6,
+    key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Left singular vectors and singular values.
+
+    Args:
+      a: matrix of shape ``(H, W)``.
+      solver, full_matrices, n_iter, rank, key: as :func:`full`.
+
+    Returns:
+      ``(U, S)``: ``U`` of shape ``(H, r)`` (columns are the vectors), ``S`` of shape ``(r,)``.
+    """
+    a = _check(a, solver)
+    if solver == "eigen":
+        return _eigen_left(a)
+    u, s, _ = full(a, solver=solver, full_matrices=full_matrices, n_iter=n_iter, rank=rank, key=key)
+    return u, s
+
+
+def right(
+    a: jax.typing.ArrayLike,
+    *,
+    solver: Solver = "auto",
+    full_matrices: bool = False,
+    n_iter: int = 2,
+    rank: int = 6,
+    key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Right singular vectors (as rows) and singular values.
+
+    Args:
+      a: matrix of shape ``(H, W)``.
+      solver, full_matrices, n_iter, rank, key: as :func:`full`.
+
+    Returns:
+      ``(Vh, S)``: ``Vh`` of shape ``(r, W)`` (rows are the vectors), ``S`` of shape ``(r,)``.
+    """
+    a = _check(a, solver)
+    if solver == "eigen":
+        return _eigen_right(a)
+    _, s, vh = full(
+        a, solver=solver, full_matrices=full_matrices, n_iter=n_iter, rank=rank, key=key
+    )
+    return vh, s
+
+
+def singular_values(
+    a: jax.typing.ArrayLike,
+    *,
+    solver: Solver = "auto",
+    n_iter: int = 2,
+    rank: int = 6,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """Singular values of ``a`` in descending order.
+
+    Args:
+      a: matrix of shape ``(H, W)``.
+      solver, n_iter, rank, key: as :func:`full`.
+
+    Returns:
+      ``S`` of shape ``(min(H, W),)`` (``(min(rank, H, W),)`` for ``"lowrank"``).
+    """
+    a = _check(a, solver)
+    h, w = a.shape
+    if solver == "eigen" or (solver == "auto" and max(h, w) >= _GRAM_ASPECT * min(h, w)):
+        return _gram_singular_values(a)
+    if solver == "lowrank":
+        return _lowrank(a, rank, n_iter, key)[1]
+    return jnp.linalg.svd(a, compute_uv=False)
+
+
+@jax.custom_vjp
+def gram(x: jax.Array) -> jax.Array:
+    """Gram matrix ``x.T @ x`` of shape ``(D, D)`` for ``x`` of shape ``(B, D)``.
+
+    Its derivative is one ``B x D x D`` product, ``x @ (C + C.T)`` for a cotangent ``C``; the
+    automatic derivative of ``x.T @ x`` computes two.
+    """
+    return x.T @ x
+
+
+def _gram_fwd(x):
+    return x.T @ x, x
+
+
+def _gram_bwd(x, cotangent):
+    return (x @ (cotangent + cotangent.T),)
+
+
+gram.defvjp(_gram_fwd, _gram_bwd)
+
+
+@jax.custom_vjp
+def symmetric_eigvals(m: jax.Array) -> jax.Array:
+    """Eigenvalues of a symmetric ``(D, D)`` matrix, descending.
+
+    The derivative of ``sum_i g_i * lambda_i`` is ``V diag(g) V.T``, which is defined also when
+    eigenvalues repeat (a projected Gram matrix always has a repeated zero eigenvalue, where the
+    automatic derivative of ``eigh`` divides by zero).
+    """
+    return _sym_eigh(m)[0]
+
+
+def _sym_eigh(m):
+    w, v = jnp.linalg.eigh((m + m.T) / 2)
+    return w[::-1], v[:, ::-1]
+
+
+def _symmetric_eigvals_fwd(m):
+    w, v = _sym_eigh(m)
+    return w, v
+
+
+def _symmetric_eigvals_bwd(v, g):
+    return ((v * g) @ v.T,)
+
+
+symmetric_eigvals.defvjp(_symmetric_eigvals_fwd, _symmetric_eigvals_bwd)

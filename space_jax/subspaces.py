@@ -1,0 +1,248 @@
+"""Fitting subspaces and decoders from latents and targets.
+
+For each quantity ``q`` the cross-covariance ``C_q = Zc.T @ Yc_q`` (``D x m_q``) is decomposed
+once; its leading left singular vectors span the subspace ``W_q`` and its first right singular
+vector is the target direction ``V_q``. The decoder ``A_q`` is the minimum-norm least-squares
+map from the subspace coordinates ``Zc @ W_q.T`` to ``Yc_q``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import check_keys, check_latents, check_positive_int, flatten_target
+from .linalg import Solver, full, left
+
+__all__ = [
+    "Space",
+    "fit_decoders",
+    "principal_directions",
+    "solve_subspaces",
+    "subspaces",
+]
+
+logger = logging.getLogger(__name__)
+
+_EPS = 1e-8
+
+
+@jax.tree_util.register_pytree_node_class
+class Space(Mapping):
+    """Subspaces, decoders and target directions per quantity (a pytree).
+
+    ``space.W[q]`` is the basis ``(k_q, D)``, ``space.A[q]`` the decoder ``(k_q, m_q)`` and
+    ``space.V[q]`` the target direction ``(m_q,)``. As a mapping, ``space[q]`` is the triple
+    ``(W_q, A_q, V_q)``, and ``keys()``, ``values()``, ``items()``, ``len``, ``in`` and iteration
+    follow the quantity order.
+    """
+
+    __slots__ = ("W", "A", "V")
+
+    def __init__(self, W: Mapping, A: Mapping, V: Mapping):
+        if not (set(W) == set(A) == set(V)):
+            raise ValueError(
+                f"Space: W, A and V must name the same quantities, got {list(W)}, {list(A)}, "
+                f"{list(V)}"
+            )
+        self.W, self.A, self.V = dict(W), {q: A[q] for q in W}, {q: V[q] for q in W}
+
+    def __getitem__(self, name: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+        if name not in self.W:
+            raise KeyError(f"Space: no quantity {name!r}; quantities are {list(self.W)}")
+        return self.W[name], self.A[name], self.V[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.W)
+
+    def __len__(self) -> int:
+        return len(self.W)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.W
+
+    # Arrays have no truth value: compare by identity, not as mappings.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        shapes = {q: tuple(jnp.shape(w)) for q, w in self.W.items()}
+        return f"Space(W shapes={shapes})"
+
+    def tree_flatten(self):
+        return (self.W, self.A, self.V), None
+
+    @classmethod
+    def tree_unflatten(cls, _aux, children):
+        obj = object.__new__(cls)
+        obj.W, obj.A, obj.V = children
+        return obj
+
+
+def _targets(Y: Mapping, batch: int) -> dict[str, jax.Array]:
+    if not isinstance(Y, Mapping) or len(Y) == 0:
+        raise ValueError("Y: expected a non-empty dict of per-quantity targets")
+    return {q: flatten_target(y, batch, q) for q, y in Y.items()}
+
+
+def _center(x: jax.Array) -> jax.Array:
+    return x - x.mean(axis=0, keepdims=True)
+
+
+def _resolve_k(k, names) -> dict[str, int]:
+    if isinstance(k, Mapping):
+        check_keys("Y", dict.fromkeys(names), "k", k)
+        return {q: check_positive_int(k[q], f"k[{q!r}]") for q in names}
+    k = check_positive_int(k, "k")
+    return dict.fromkeys(names, k)
+
+
+def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Centered latents and ``{q: Zc.T @ Yc_q}``, all quantities in one matrix product."""
+    Z = check_latents(Z)
+    targets = _targets(Y, Z.shape[0])
+    zc = _center(Z)
+    yc = jnp.concatenate([_center(y) for y in targets.values()], axis=1)
+    c_all = zc.T @ yc
+    offsets = [0]
+    for y in targets.values():
+        offsets.append(offsets[-1] + y.shape[1])
+    c = {q: c_all[:, offsets[i] : offsets[i + 1]] for i, q in enumerate(targets)}
+    return zc, c
+
+
+def _leading_pair(u: jax.Array, vh: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First singular pair, normalised as the reference and with a fixed sign.
+
+    The sign of a singular pair is arbitrary; making the largest entry of ``w`` positive keeps
+    results identical across back ends (``w v^T`` is unchanged).
+    """
+    w, v = u[:, 0], vh[0, :]
+    sign = jnp.where(w[jnp.argmax(jnp.abs(w))] < 0, -1.0, 1.0).astype(w.dtype)
+    w, v = sign * w, sign * v
+    return w / (jnp.linalg.norm(w) + _EPS), v / (jnp.linalg.norm(v) + _EPS)
+
+
+def _basis(u: jax.Array, k: int) -> jax.Array:
+    """First ``k`` columns of ``u`` (fewer if it has fewer), re-orthonormalised, as rows."""
+    q, _ = jnp.linalg.qr(u[:, :k], mode="reduced")
+    return q.T
+
+
+def principal_directions(
+    Z: jax.typing.ArrayLike, Y: Mapping, *, solver: Solver = "auto"
+) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Rank-1 latent/target direction pairs per quantity.
+
+    ``w``, ``v`` are the first left and right singular vectors of ``C_q = Zc.T @ Yc_q``, each
+    divided by ``(norm + 1e-8)``: the pair maximising the explained covariance.
+
+    Args:
+      Z: latents ``(B, D)``.
+      Y: ``{q: (B, ...)}`` targets (flattened to ``(B, m_q)``).
+      solver: SVD solver (static).
+
+    Returns:
+      ``{q: (w (D,), v (m_q,))}``, not differentiated (as the reference, which detaches).
+    """
+    _, c = _cross_covariances(Z, Y)
+    out = {}
+    for q, c_q in c.items():
+        u, _, vh = full(c_q, solver=solver)
+        out[q] = jax.lax.stop_gradient(_leading_pair(u, vh))
+    return out
+
+
+def subspaces(
+    Z: jax.typing.ArrayLike, Y: Mapping, k: int | Mapping[str, int], *, solver: Solver = "auto"
+) -> dict[str, jax.Array]:
+    """Orthonormal bases of the latent directions that covary most with each target.
+
+    Args:
+      Z: latents ``(B, D)``.
+      Y: ``{q: (B, ...)}`` targets.
+      k: rows per basis, an int or ``{q: int}`` (static). When ``k_q`` exceeds the available
+        singular vectors (``min(D, m_q)``), the basis has that many rows instead.
+      solver: SVD solver (static).
+
+    Returns:
+      ``{q: W_q (k_q, D)}`` with orthonormal rows.
+    """
+    _, c = _cross_covariances(Z, Y)
+    ks = _resolve_k(k, list(c))
+    logger.debug("estimating subspaces for %s", ks)
+    return {q: _basis(left(c_q, solver=solver)[0], ks[q]) for q, c_q in c.items()}
+
+
+def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, jax.Array]:
+    """Least-squares decoders from subspace coordinates to centered targets.
+
+    Args:
+      W: ``{q: (k_q, D)}`` bases.
+      Z: latents ``(B, D)``.
+      Y: ``{q: (B, ...)}`` targets (at least the quantities of ``W``).
+
+    Returns:
+      ``{q: A_q (k_q, m_q)}``, the minimum-norm solution of ``Zc @ W_q.T @ A_q ~ Yc_q``; zero
+      (padding) rows of ``W_q`` get zero rows in ``A_q``.
+    """
+    Z = check_latents(Z)
+    if not isinstance(W, Mapping) or len(W) == 0:
+        raise ValueError("W: expected a non-empty dict of per-quantity bases")
+    missing = [q for q in W if q not in Y]
+    if missing:
+        raise ValueError(f"Y: no targets for the quantities {missing} of W")
+    zc = _center(Z)
+    out = {}
+    for q, w in W.items():
+        w = jnp.asarray(w)
+        if w.ndim != 2 or w.shape[1] != Z.shape[1]:
+            raise ValueError(f"W[{q!r}]: expected shape (k, D={Z.shape[1]}), got {w.shape}")
+        y = _center(flatten_target(Y[q], Z.shape[0], q))
+        a = jnp.linalg.lstsq(zc @ w.T, y)[0]
+        out[q] = jax.lax.stop_gradient(a)
+    return out
+
+
+def solve_subspaces(
+    Z: jax.typing.ArrayLike,
+    Y: Mapping,
+    *,
+    k: int | Mapping[str, int] = 32,
+    solver: Solver = "auto",
+    active_k: jax.typing.ArrayLike | Mapping | None = None,
+) -> Space:
+    """Subspaces, decoders and target directions in one pass (one SVD per quantity).
+
+    Args:
+      Z: latents ``(B, D)``.
+      Y: ``{q: (B, ...)}`` targets.
+      k: rows per basis, an int or ``{q: int}`` (static).
+      solver: SVD solver (static).
+      active_k: optional traced number of active rows (an int array, or ``{q: int array}``).
+        Rows from ``active_k`` on are zero in ``W`` and ``A``, which the losses treat as the
+        unpadded basis, so a sweep over subspace sizes can ``vmap`` with a fixed ``k``.
+
+    Returns:
+      A :class:`Space`: ``W[q]`` ``(k_q, D)``, ``A[q]`` ``(k_q, m_q)``, ``V[q]`` ``(m_q,)``.
+    """
+    zc, c = _cross_covariances(Z, Y)
+    ks = _resolve_k(k, list(c))
+    if isinstance(active_k, Mapping):
+        check_keys("Y", c, "active_k", active_k)
+    W, V = {}, {}
+    for q, c_q in c.items():
+        u, _, vh = full(c_q, solver=solver)
+        w = _basis(u, ks[q])
+        if active_k is not None:
+            limit = active_k[q] if isinstance(active_k, Mapping) else active_k
+            w = jnp.where(jnp.arange(w.shape[0])[:, None] < limit, w, 0.0)
+        W[q] = jax.lax.stop_gradient(w)
+        V[q] = jax.lax.stop_gradient(_leading_pair(u, vh)[1])
+    A = fit_decoders(W, Z, Y)
+    if active_k is not None:
+        A = {q: jnp.where(jnp.any(W[q] != 0, axis=1)[:, None], a, 0.0) for q, a in A.items()}
+    return Space(W, A, V)
