@@ -10,6 +10,7 @@ from .dims import (
     align_latent_dim,
     bins_for_modes,
     explained_rank,
+    explained_rank_from_gram,
     k_per_q,
     minimal_latent_dim,
     optimal_bins,
@@ -25,6 +26,15 @@ from .losses import (
     stability_loss,
 )
 from .metrics import subspace_change
+from .moments import (
+    Moments,
+    k_per_q_from_moments,
+    merge_moments,
+    moments,
+    solve_dims_from_moments,
+    solve_subspaces_from_moments,
+    stream_moments,
+)
 from .pooling import compute_Q, ensure_dim, input_to_quantity, pool, pool_quantities, to_device
 from .subspaces import Space, fit_decoders, principal_directions, solve_subspaces, subspaces
 
@@ -34,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LossWeights",
+    "Moments",
     "Solver",
     "Space",
     "align_latent_dim",
@@ -44,14 +55,18 @@ __all__ = [
     "disentanglement_loss",
     "ensure_dim",
     "explained_rank",
+    "explained_rank_from_gram",
     "fit_decoders",
     "full",
     "gram",
     "input_to_quantity",
     "isotropy_loss",
     "k_per_q",
+    "k_per_q_from_moments",
     "left",
+    "merge_moments",
     "minimal_latent_dim",
+    "moments",
     "optimal_bins",
     "pool",
     "pool_quantities",
@@ -59,8 +74,11 @@ __all__ = [
     "right",
     "singular_values",
     "solve_dims",
+    "solve_dims_from_moments",
     "solve_subspaces",
+    "solve_subspaces_from_moments",
     "stability_loss",
+    "stream_moments",
     "subspace_change",
     "subspaces",
     "symmetric_eigvals",

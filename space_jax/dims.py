@@ -22,6 +22,7 @@ __all__ = [
     "align_latent_dim",
     "bins_for_modes",
     "explained_rank",
+    "explained_rank_from_gram",
     "k_per_q",
     "minimal_latent_dim",
     "optimal_bins",
@@ -58,7 +59,22 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
         raise ValueError("y: expected a batch of targets, got a scalar")
     yc = _as_matrix(y)
     yc = yc - yc.mean(axis=0, keepdims=True)
-    g = yc.T @ yc if yc.shape[0] >= yc.shape[1] else yc @ yc.T
+    return explained_rank_from_gram(
+        yc.T @ yc if yc.shape[0] >= yc.shape[1] else yc @ yc.T, threshold
+    )
+
+
+def explained_rank_from_gram(g: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> jax.Array:
+    """:func:`explained_rank` from a Gram matrix of the centered target (``Yc.T @ Yc`` or
+    ``Yc @ Yc.T``), whose eigenvalues are the squared singular values.
+
+    Args:
+      g: symmetric positive semi-definite ``(m, m)``.
+      threshold: fraction of variance in ``(0, 1]``; may be traced.
+
+    Returns:
+      An int32 scalar array.
+    """
     var = jnp.maximum(jnp.linalg.eigvalsh(g)[::-1], 0.0)
     cumulative = jnp.cumsum(var / (jnp.sum(var) + _EPS))
     return (jnp.sum(cumulative < threshold) + 1).astype(jnp.int32)

@@ -72,13 +72,16 @@ class Space(Mapping):
         shapes = {q: tuple(jnp.shape(w)) for q, w in self.W.items()}
         return f"Space(W shapes={shapes})"
 
+    # The quantity names are static structure, so the quantity order survives jit and tree_map
+    # (plain dict children would come back sorted by key).
     def tree_flatten(self):
-        return (self.W, self.A, self.V), None
+        names = tuple(self.W)
+        return tuple(tuple(d[q] for q in names) for d in (self.W, self.A, self.V)), names
 
     @classmethod
-    def tree_unflatten(cls, _aux, children):
+    def tree_unflatten(cls, names, children):
         obj = object.__new__(cls)
-        obj.W, obj.A, obj.V = children
+        obj.W, obj.A, obj.V = (dict(zip(names, c, strict=True)) for c in children)
         return obj
 
 
