@@ -1,0 +1,35 @@
+"""spacelearn 0.1.0's API for PyTorch code, computed by ``space_jax``.
+
+Replace ``import spacelearn`` with ``import space_torch_bridge as spacelearn``: the same module
+paths, names, signatures, defaults, return types and shapes; torch tensors in and out, shared
+with JAX through DLPack; torch autograd through the losses. Importing the bridge changes no JAX
+configuration (float64 inputs enable x64 only around their own computation).
+"""
+
+import logging
+
+from space_torch_bridge import data, loss, optim, settings, util
+from space_torch_bridge._space import (
+    Space,
+    principal_directions,
+    solve_dims,
+    solve_subspaces,
+    subspaces,
+)
+from space_torch_bridge.loss import combined_loss
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "Space",
+    "combined_loss",
+    "data",
+    "loss",
+    "optim",
+    "principal_directions",
+    "settings",
+    "solve_dims",
+    "solve_subspaces",
+    "subspaces",
+    "util",
+]
