@@ -136,7 +136,13 @@ def _basis(u: jax.Array, k: int) -> jax.Array:
 
 
 def principal_directions(
-    Z: jax.typing.ArrayLike, Y: Mapping, *, solver: Solver = "auto"
+    Z: jax.typing.ArrayLike,
+    Y: Mapping,
+    *,
+    solver: Solver = "auto",
+    full_matrices: bool = False,
+    n_iter: int = 2,
+    key: jax.Array | None = None,
 ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Rank-1 latent/target direction pairs per quantity.
 
@@ -146,7 +152,8 @@ def principal_directions(
     Args:
       Z: latents ``(B, D)``.
       Y: ``{q: (B, ...)}`` targets (flattened to ``(B, m_q)``).
-      solver: SVD solver (static).
+      solver, full_matrices, n_iter, key: SVD options, as :func:`subspaces` (the leading
+        pair does not depend on them, up to the accuracy of ``"lowrank"``).
 
     Returns:
       ``{q: (w (D,), v (m_q,))}``, not differentiated (as the reference, which detaches).
@@ -154,13 +161,20 @@ def principal_directions(
     _, c = _cross_covariances(Z, Y)
     out = {}
     for q, c_q in c.items():
-        u, _, vh = full(c_q, solver=solver)
+        u, _, vh = full(c_q, solver=solver, full_matrices=full_matrices, n_iter=n_iter, key=key)
         out[q] = jax.lax.stop_gradient(_leading_pair(u, vh))
     return out
 
 
 def subspaces(
-    Z: jax.typing.ArrayLike, Y: Mapping, k: int | Mapping[str, int], *, solver: Solver = "auto"
+    Z: jax.typing.ArrayLike,
+    Y: Mapping,
+    k: int | Mapping[str, int],
+    *,
+    solver: Solver = "auto",
+    full_matrices: bool = False,
+    n_iter: int = 2,
+    key: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Orthonormal bases of the latent directions that covary most with each target.
 
@@ -168,16 +182,19 @@ def subspaces(
       Z: latents ``(B, D)``.
       Y: ``{q: (B, ...)}`` targets.
       k: rows per basis, an int or ``{q: int}`` (static). When ``k_q`` exceeds the available
-        singular vectors (``min(D, m_q)``), the basis has that many rows instead.
-      solver: SVD solver (static).
+        singular vectors (``min(D, m_q)``, or ``D`` with ``full_matrices``), the basis has that
+        many rows instead.
+      solver: SVD solver (static); ``full_matrices`` completes ``U`` to ``D`` columns (``"svd"``
+        route); ``n_iter`` and ``key`` configure ``"lowrank"``.
 
     Returns:
-      ``{q: W_q (k_q, D)}`` with orthonormal rows.
+      ``{q: W_q (k_q, D)}`` with orthonormal rows, differentiable w.r.t. ``Z`` and ``Y``.
     """
     _, c = _cross_covariances(Z, Y)
     ks = _resolve_k(k, list(c))
     logger.debug("estimating subspaces for %s", ks)
-    return {q: _basis(left(c_q, solver=solver)[0], ks[q]) for q, c_q in c.items()}
+    options = dict(solver=solver, full_matrices=full_matrices, n_iter=n_iter, key=key)
+    return {q: _basis(left(c_q, **options)[0], ks[q]) for q, c_q in c.items()}
 
 
 def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, jax.Array]:
@@ -216,6 +233,9 @@ def solve_subspaces(
     *,
     k: int | Mapping[str, int] = 32,
     solver: Solver = "auto",
+    full_matrices: bool = False,
+    n_iter: int = 2,
+    key: jax.Array | None = None,
     active_k: jax.typing.ArrayLike | Mapping | None = None,
 ) -> Space:
     """Subspaces, decoders and target directions in one pass (one SVD per quantity).
@@ -224,13 +244,14 @@ def solve_subspaces(
       Z: latents ``(B, D)``.
       Y: ``{q: (B, ...)}`` targets.
       k: rows per basis, an int or ``{q: int}`` (static).
-      solver: SVD solver (static).
+      solver, full_matrices, n_iter, key: SVD options, as :func:`subspaces`.
       active_k: optional traced number of active rows (an int array, or ``{q: int array}``).
         Rows from ``active_k`` on are zero in ``W`` and ``A``, which the losses treat as the
         unpadded basis, so a sweep over subspace sizes can ``vmap`` with a fixed ``k``.
 
     Returns:
-      A :class:`Space`: ``W[q]`` ``(k_q, D)``, ``A[q]`` ``(k_q, m_q)``, ``V[q]`` ``(m_q,)``.
+      A :class:`Space`: ``W[q]`` ``(k_q, D)``, ``A[q]`` ``(k_q, m_q)``, ``V[q]`` ``(m_q,)``, all
+      fitted constants (not differentiated; use :func:`subspaces` for a differentiable basis).
     """
     zc, c = _cross_covariances(Z, Y)
     ks = _resolve_k(k, list(c))
@@ -238,7 +259,7 @@ def solve_subspaces(
         check_keys("Y", c, "active_k", active_k)
     W, V = {}, {}
     for q, c_q in c.items():
-        u, _, vh = full(c_q, solver=solver)
+        u, _, vh = full(c_q, solver=solver, full_matrices=full_matrices, n_iter=n_iter, key=key)
         w = _basis(u, ks[q])
         if active_k is not None:
             limit = active_k[q] if isinstance(active_k, Mapping) else active_k

@@ -188,3 +188,39 @@ def test_bad_input():
         sj.fit_decoders(sj.subspaces(Z, Y, 2), Z, {"field": Y["field"]})
     with pytest.raises(ValueError, match="Y: expected a non-empty dict"):
         sj.subspaces(Z, {}, 2)
+
+
+def test_full_matrices_allow_k_up_to_d_as_spacelearn():
+    from spacelearn.settings import config
+
+    Z, Y = problem(10)
+    old = config.solver_mode, config.use_full_matrix
+    try:
+        config.solver_mode, config.use_full_matrix = "svd", True
+        with quiet():
+            want = spacelearn.subspaces(*to_torch((Z, Y)), 6)
+    finally:
+        config.solver_mode, config.use_full_matrix = old
+    with jax.enable_x64(True):
+        got = sj.subspaces(*to_jax((Z, Y)), 6, solver="svd", full_matrices=True)
+        space = sj.solve_subspaces(*to_jax((Z, Y)), k=6, full_matrices=True)
+    assert got["energy"].shape == (6, 16) == space.W["energy"].shape  # beyond m=3
+    # The first m directions are determined by C; the completion is any orthonormal basis of
+    # the rest, so compare the span of the determined part and orthonormality of the whole.
+    for q in got:
+        g, w = np.asarray(got[q]), want[q].numpy()
+        np.testing.assert_allclose(g @ g.T, np.eye(g.shape[0]), atol=1e-10)
+        m = min(3 if q == "energy" else 16, 6)
+        close(projectors({q: g[:m]}), projectors({q: w[:m]}), 1e-9)
+
+
+def test_lowrank_options_reach_the_solver():
+    Z, Y = to_jax(problem(11))
+    a = sj.subspaces(Z, Y, 2, solver="lowrank", n_iter=0, key=jax.random.PRNGKey(1))
+    b = sj.subspaces(Z, Y, 2, solver="lowrank", n_iter=4, key=jax.random.PRNGKey(1))
+    exact = sj.subspaces(Z, Y, 2, solver="svd")
+    err = {
+        n: np.abs(projectors(w)["field"] - projectors(exact)["field"]).max()
+        for n, w in (("0", a), ("4", b))
+    }
+    assert err["4"] < err["0"]
