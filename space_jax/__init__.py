@@ -36,6 +36,7 @@ from .moments import (
     stream_moments,
 )
 from .pooling import compute_Q, ensure_dim, input_to_quantity, pool, pool_quantities, to_device
+from .shared import ProjectionConfig, SharedSpace, init_projections, train_projections
 from .subspaces import Space, fit_decoders, principal_directions, solve_subspaces, subspaces
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -45,6 +46,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LossWeights",
     "Moments",
+    "ProjectionConfig",
+    "SharedSpace",
     "Solver",
     "Space",
     "align_latent_dim",
@@ -59,6 +62,7 @@ __all__ = [
     "fit_decoders",
     "full",
     "gram",
+    "init_projections",
     "input_to_quantity",
     "isotropy_loss",
     "k_per_q",
@@ -83,4 +87,5 @@ __all__ = [
     "subspaces",
     "symmetric_eigvals",
     "to_device",
+    "train_projections",
 ]
