@@ -38,6 +38,7 @@ from .moments import (
 from .pooling import compute_Q, ensure_dim, input_to_quantity, pool, pool_quantities, to_device
 from .shared import ProjectionConfig, SharedSpace, init_projections, train_projections
 from .subspaces import Space, fit_decoders, principal_directions, solve_subspaces, subspaces
+from .sweep import SweepResult, expand_grid, sweep
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -50,6 +51,7 @@ __all__ = [
     "SharedSpace",
     "Solver",
     "Space",
+    "SweepResult",
     "align_latent_dim",
     "alignment_loss",
     "bins_for_modes",
@@ -57,6 +59,7 @@ __all__ = [
     "compute_Q",
     "disentanglement_loss",
     "ensure_dim",
+    "expand_grid",
     "explained_rank",
     "explained_rank_from_gram",
     "fit_decoders",
@@ -85,6 +88,7 @@ __all__ = [
     "stream_moments",
     "subspace_change",
     "subspaces",
+    "sweep",
     "symmetric_eigvals",
     "to_device",
     "train_projections",
