@@ -16,7 +16,16 @@ from .dims import (
     optimal_bins,
     solve_dims,
 )
-from .linalg import Solver, full, gram, left, right, singular_values, symmetric_eigvals
+from .linalg import (
+    Solver,
+    full,
+    gram,
+    left,
+    residual_gram_eigvals,
+    right,
+    singular_values,
+    symmetric_eigvals,
+)
 from .losses import (
     LossWeights,
     alignment_loss,
@@ -78,6 +87,7 @@ __all__ = [
     "pool",
     "pool_quantities",
     "principal_directions",
+    "residual_gram_eigvals",
     "right",
     "singular_values",
     "solve_dims",

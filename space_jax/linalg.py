@@ -22,6 +22,7 @@ in descending order and ``Vh`` is ``(r, W)``. Pass ``full_matrices=True`` to get
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import jax
@@ -29,7 +30,16 @@ import jax.numpy as jnp
 
 from ._checks import as_float
 
-__all__ = ["Solver", "full", "gram", "left", "right", "singular_values", "symmetric_eigvals"]
+__all__ = [
+    "Solver",
+    "full",
+    "gram",
+    "left",
+    "residual_gram_eigvals",
+    "right",
+    "singular_values",
+    "symmetric_eigvals",
+]
 
 Solver = Literal["auto", "svd", "eigen", "lowrank"]
 _SOLVERS = ("auto", "svd", "eigen", "lowrank")
@@ -261,3 +271,63 @@ def _symmetric_eigvals_bwd(v, g):
 
 
 symmetric_eigvals.defvjp(_symmetric_eigvals_fwd, _symmetric_eigvals_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def residual_gram_eigvals(x: jax.Array, w: jax.Array, n: int) -> jax.Array:
+    """The ``n`` largest eigenvalues of ``R.T @ R`` for the residual ``R = x - x @ w.T @ w``.
+
+    These are the squared leading singular values of ``R``, computed from the ``(D, D)`` matrix
+    ``P G P`` (``G = x.T @ x``, ``P = I - w.T @ w``) instead of an SVD of the ``(B, D)`` residual.
+
+    The derivative of ``sum_i c_i * lambda_i`` needs only the ``n`` leading eigenvectors ``V``:
+    with ``U = P V`` it is ``2 (x U) diag(c) U.T`` for ``x``, two products of ``B x D x n``
+    instead of the ``B x D x D`` product a dense cotangent of ``G`` costs, and
+    ``-2 [(w G U) diag(c) V.T + (w V) diag(c) (G U).T]`` for ``w``. Like
+    :func:`symmetric_eigvals`, it is defined where eigenvalues repeat.
+
+    Args:
+      x: ``(B, D)``, usually centered latents.
+      w: ``(K, D)``, the stacked bases (not necessarily orthonormal).
+      n: number of eigenvalues, at most ``D`` (static).
+
+    Returns:
+      ``(n,)`` eigenvalues, descending.
+    """
+    return _residual_gram_eigh(x, w, n)[0]
+
+
+def _residual_gram_eigh(x, w, n):
+    g = x.T @ x
+    gw = g @ w.T  # (D, K)
+    gww = gw @ w  # G P_W, with P_W = w.T @ w
+    # P G P expanded so that only (D, K) products appear besides G itself.
+    m = g - gww - gww.T + w.T @ ((w @ gw) @ w)
+    lam, v = _sym_eigh(m)
+    return lam[:n], v[:, :n], g
+
+
+def _residual_gram_eigvals_fwd(x, w, n):
+    lam, v, g = _residual_gram_eigh(x, w, n)
+    return lam, (x, w, g, v)
+
+
+def _residual_gram_eigvals_bwd(n, residuals, c):
+    x, w, g, v = residuals
+    u, grad_w = _residual_gram_vjp_parts(w, g, v, c)
+    return 2.0 * (x @ u) @ (u * c).T, grad_w
+
+
+def _residual_gram_vjp_parts(w, g, v, c):
+    """``U = P V`` (``(D, n)``) and the cotangent of ``w``, given the eigenvalues' cotangent ``c``.
+
+    The cotangent of ``x`` is ``2 (x @ U) diag(c) U.T``; it is left to the caller, which may
+    fold it into a larger product.
+    """
+    u = v - w.T @ (w @ v)
+    gu = g @ u
+    grad_w = -2.0 * ((w @ gu) @ (v * c).T + (w @ v) @ (gu * c).T)
+    return u, grad_w
+
+
+residual_gram_eigvals.defvjp(_residual_gram_eigvals_fwd, _residual_gram_eigvals_bwd)

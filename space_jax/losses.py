@@ -9,8 +9,11 @@ All losses are built on second-order statistics of the centered batch ``Zc`` (``
   eigenvalues of the projected Gram matrix ``P G P`` (``P = I - W_all.T @ W_all``) instead of an
   SVD of the ``B x D`` residual.
 
-So a call costs about one ``B x D x D`` product forward and one backward (through the custom
-derivatives of :func:`space_jax.linalg.gram` and :func:`space_jax.linalg.symmetric_eigvals`).
+So a call costs one ``B x D x D`` product (``G``), one ``B x D x K`` product (``S``) and one
+``D x D`` eigendecomposition forward, and backward one ``B x D x n_dir`` product and one
+``B x (K + n_dir) x D`` product: the isotropy gradient needs only the ``n_dir`` leading
+eigenvectors (:func:`space_jax.linalg.residual_gram_eigvals`), and the custom derivative of the
+batch statistics folds it, the coordinates' gradient and the centering into that one product.
 
 Quantity order matters only for the disentanglement term, which normalises each pair by the
 size of its first subspace. JAX passes dicts through ``jax.jit`` with sorted keys, so to make
@@ -25,13 +28,19 @@ rows and vary the active ``k`` under ``vmap``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ._checks import as_float, check_keys, check_latents, check_positive_int, flatten_target
-from .linalg import gram, symmetric_eigvals
+from .linalg import (
+    _residual_gram_eigh,
+    _residual_gram_vjp_parts,
+    gram,
+    residual_gram_eigvals,
+)
 
 __all__ = [
     "LossWeights",
@@ -141,20 +150,52 @@ def _disentanglement_term(cov: jax.Array, batch: int, sizes, bases) -> jax.Array
     return total / (n * (n - 1) // 2)
 
 
-def _isotropy_term(g: jax.Array, w_all: jax.Array, batch: int, n_dir: int) -> jax.Array:
-    d = g.shape[0]
-    n = min(n_dir, batch, d)
-    gw = g @ w_all.T  # (D, K)
-    gww = gw @ w_all  # (D, D) = G P_W
-    # P G P with P = I - W.T W, expanded so that only (D, K) products appear.
-    m = g - gww - gww.T + w_all.T @ ((w_all @ gw) @ w_all)
-    lam = symmetric_eigvals(m)[:n]
+def _isotropy_term(lam: jax.Array, d: int) -> jax.Array:
+    """The isotropy loss from the leading eigenvalues ``lam`` of the residual's Gram matrix."""
     # Eigenvalues under this floor are rounding noise of the projected-out directions; an
     # SVD of the residual reports them as (near) zero, and so do we.
     floor = jax.lax.stop_gradient(lam[0]) * jnp.finfo(lam.dtype).eps * d
     s = _safe_sqrt(lam, floor)
     s = s / (jnp.mean(s) + _EPS)
     return jnp.mean((s - 1.0) ** 2)
+
+
+def _n_eigvals(n_dir: int, shape) -> int:
+    return min(n_dir, *shape)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _batch_statistics(z: jax.Array, w_all: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """``(Zc @ W_all.T, lam)``: the subspace coordinates and the ``n`` leading eigenvalues of the
+    residual's Gram matrix (:func:`space_jax.linalg.residual_gram_eigvals`), ``Zc`` centered.
+
+    Its derivative folds both cotangents and the centering into ONE ``B x (K + n) x D``
+    product, ``(L - mean(L)) @ [W_all; U.T]`` with ``L = [dS, 2 (Zc U) diag(c)]``, where the
+    automatic derivative takes two ``B x D`` products, their sum and a ``B x D`` centering pass.
+    """
+    return _batch_statistics_fwd(z, w_all, n)[0]
+
+
+def _batch_statistics_fwd(z, w_all, n):
+    zc = _center(z)
+    coords = zc @ w_all.T
+    lam, v, g = _residual_gram_eigh(zc, w_all, n)
+    return (coords, lam), (zc, w_all, g, v)
+
+
+def _batch_statistics_bwd(n, residuals, cotangents):
+    zc, w_all, g, v = residuals
+    d_coords, c = cotangents
+    u, grad_w = _residual_gram_vjp_parts(w_all, g, v, c)
+    left = jnp.concatenate([d_coords, 2.0 * (zc @ u) * c], axis=1)  # (B, K + n)
+    # The centering's derivative subtracts the batch mean; on the narrow factor it is cheap.
+    left = left - jnp.mean(left, axis=0, keepdims=True)
+    grad_z = left @ jnp.concatenate([w_all, u.T], axis=0)
+    grad_w = grad_w + d_coords.T @ zc
+    return grad_z, grad_w
+
+
+_batch_statistics.defvjp(_batch_statistics_fwd, _batch_statistics_bwd)
 
 
 def _stability_term(W: Mapping, W_prev: Mapping | None, dtype) -> jax.Array:
@@ -216,7 +257,7 @@ def disentanglement_loss(
     Z = check_latents(Z)
     names, w_all, sizes = _bases(_ordered(W, order), Z.shape[1])
     coords = _center(Z) @ w_all.T
-    return _disentanglement_term(coords.T @ coords, Z.shape[0], sizes, [W[q] for q in names])
+    return _disentanglement_term(gram(coords), Z.shape[0], sizes, [W[q] for q in names])
 
 
 def isotropy_loss(Z: jax.typing.ArrayLike, W: Mapping, n_dir: int = 32) -> jax.Array:
@@ -237,7 +278,8 @@ def isotropy_loss(Z: jax.typing.ArrayLike, W: Mapping, n_dir: int = 32) -> jax.A
     Z = check_latents(Z)
     n_dir = check_positive_int(n_dir, "n_dir")
     _, w_all, _ = _bases(W, Z.shape[1])
-    return _isotropy_term(gram(_center(Z)), w_all, Z.shape[0], n_dir)
+    lam = residual_gram_eigvals(_center(Z), w_all, _n_eigvals(n_dir, Z.shape))
+    return _isotropy_term(lam, Z.shape[1])
 
 
 def stability_loss(W: Mapping, W_prev: Mapping | None) -> jax.Array:
@@ -292,12 +334,11 @@ def combined_loss(
     check_keys("W", W, "A", A)
     check_keys("W", W, "Y", Y)
     weights = LossWeights() if weights is None else LossWeights(*weights)
-    zc = _center(Z)
-    coords = zc @ w_all.T
+    coords, lam = _batch_statistics(Z, w_all, _n_eigvals(n_dir, Z.shape))
     terms = (
         _alignment_term(coords, sizes, names, A, Y),
-        _disentanglement_term(coords.T @ coords, Z.shape[0], sizes, [W[q] for q in names]),
-        _isotropy_term(gram(zc), w_all, Z.shape[0], n_dir),
+        _disentanglement_term(gram(coords), Z.shape[0], sizes, [W[q] for q in names]),
+        _isotropy_term(lam, Z.shape[1]),
         _stability_term(W, W_prev, Z.dtype),
     )
     return sum(w * t for w, t in zip(weights, terms, strict=True))

@@ -103,18 +103,34 @@ def _resolve_k(k, names) -> dict[str, int]:
     return dict.fromkeys(names, k)
 
 
-def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Centered latents and ``{q: Zc.T @ Yc_q}``, all quantities in one matrix product."""
+def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
+    """Centered latents, centered targets and ``{q: Zc.T @ Yc_q}`` (one matrix product)."""
     Z = check_latents(Z)
     targets = _targets(Y, Z.shape[0])
     zc = _center(Z)
-    yc = jnp.concatenate([_center(y) for y in targets.values()], axis=1)
-    c_all = zc.T @ yc
+    yc = {q: _center(y) for q, y in targets.items()}
+    c_all = zc.T @ jnp.concatenate(list(yc.values()), axis=1)
     offsets = [0]
-    for y in targets.values():
+    for y in yc.values():
         offsets.append(offsets[-1] + y.shape[1])
-    c = {q: c_all[:, offsets[i] : offsets[i + 1]] for i, q in enumerate(targets)}
-    return zc, c
+    c = {q: c_all[:, offsets[i] : offsets[i + 1]] for i, q in enumerate(yc)}
+    return zc, yc, c
+
+
+def _decoders(W: Mapping, zc: jax.Array, yc: Mapping) -> dict[str, jax.Array]:
+    """Minimum-norm least squares ``Zc @ W_q.T @ A_q ~ Yc_q`` from centered data.
+
+    The coordinates of all quantities come from one product (one pass over ``Zc``).
+    """
+    bases = {q: jnp.asarray(w) for q, w in W.items()}
+    coords = zc @ jnp.concatenate(list(bases.values()), axis=0).T
+    out, start = {}, 0
+    for q, w in bases.items():
+        k = w.shape[0]
+        a = jnp.linalg.lstsq(coords[:, start : start + k], yc[q])[0]
+        out[q] = jax.lax.stop_gradient(a)
+        start += k
+    return out
 
 
 def _leading_pair(u: jax.Array, vh: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -158,7 +174,7 @@ def principal_directions(
     Returns:
       ``{q: (w (D,), v (m_q,))}``, not differentiated (as the reference, which detaches).
     """
-    _, c = _cross_covariances(Z, Y)
+    _, _, c = _cross_covariances(Z, Y)
     out = {}
     for q, c_q in c.items():
         u, _, vh = full(c_q, solver=solver, full_matrices=full_matrices, n_iter=n_iter, key=key)
@@ -190,7 +206,7 @@ def subspaces(
     Returns:
       ``{q: W_q (k_q, D)}`` with orthonormal rows, differentiable w.r.t. ``Z`` and ``Y``.
     """
-    _, c = _cross_covariances(Z, Y)
+    _, _, c = _cross_covariances(Z, Y)
     ks = _resolve_k(k, list(c))
     logger.debug("estimating subspaces for %s", ks)
     options = dict(solver=solver, full_matrices=full_matrices, n_iter=n_iter, key=key)
@@ -215,16 +231,12 @@ def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, j
     missing = [q for q in W if q not in Y]
     if missing:
         raise ValueError(f"Y: no targets for the quantities {missing} of W")
-    zc = _center(Z)
-    out = {}
     for q, w in W.items():
         w = jnp.asarray(w)
         if w.ndim != 2 or w.shape[1] != Z.shape[1]:
             raise ValueError(f"W[{q!r}]: expected shape (k, D={Z.shape[1]}), got {w.shape}")
-        y = _center(flatten_target(Y[q], Z.shape[0], q))
-        a = jnp.linalg.lstsq(zc @ w.T, y)[0]
-        out[q] = jax.lax.stop_gradient(a)
-    return out
+    yc = {q: _center(flatten_target(Y[q], Z.shape[0], q)) for q in W}
+    return _decoders(W, _center(Z), yc)
 
 
 def solve_subspaces(
@@ -253,7 +265,7 @@ def solve_subspaces(
       A :class:`Space`: ``W[q]`` ``(k_q, D)``, ``A[q]`` ``(k_q, m_q)``, ``V[q]`` ``(m_q,)``, all
       fitted constants (not differentiated; use :func:`subspaces` for a differentiable basis).
     """
-    zc, c = _cross_covariances(Z, Y)
+    zc, yc, c = _cross_covariances(Z, Y)
     ks = _resolve_k(k, list(c))
     if isinstance(active_k, Mapping):
         check_keys("Y", c, "active_k", active_k)
@@ -266,7 +278,7 @@ def solve_subspaces(
             w = jnp.where(jnp.arange(w.shape[0])[:, None] < limit, w, 0.0)
         W[q] = jax.lax.stop_gradient(w)
         V[q] = jax.lax.stop_gradient(_leading_pair(u, vh)[1])
-    A = fit_decoders(W, Z, Y)
+    A = _decoders(W, zc, yc)
     if active_k is not None:
         A = {q: jnp.where(jnp.any(W[q] != 0, axis=1)[:, None], a, 0.0) for q, a in A.items()}
     return Space(W, A, V)

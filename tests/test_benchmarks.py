@@ -1,0 +1,139 @@
+"""Smoke test of the benchmark suite: one quick run at the smallest size, outputs well-formed.
+
+No timed assertions: timings depend on the machine and its load. The suite's neighbours
+(``benchmarks.shared_space``, ``benchmarks.sweep``, ``benchmarks.streaming``) have their own
+tests; here only the way the suite calls and reports them is checked, with stand-ins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+
+import pytest
+
+pytest.importorskip("spacelearn")  # the reference, a dev dependency
+pytest.importorskip("matplotlib")
+
+from benchmarks import harness, report, run  # noqa: E402
+
+OPS = {
+    "combined_loss fwd+bwd",
+    "combined_loss fwd",
+    "alignment_loss fwd+bwd",
+    "disentanglement_loss fwd+bwd",
+    "isotropy_loss fwd+bwd",
+    "stability_loss fwd+bwd",
+    "solve_subspaces",
+    "solve_dims",
+    "pool",
+}
+
+
+def _check_timing(t: dict) -> None:
+    assert set(t) == {"median_s", "min_s", "first_s", "rounds", "compile_s"}
+    assert 0 < t["min_s"] <= t["median_s"] and math.isfinite(t["median_s"])
+    assert t["first_s"] > 0 and t["compile_s"] >= 0 and t["rounds"] >= 2
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--sizes", "small", "--quick", "--out", str(out), "--no-extras", "--quiet"]
+    return out, run.main(argv)
+
+
+def test_quick_run_writes_json_markdown_and_plot(quick_run):
+    out, results = quick_run
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "results.json").read_text())
+    assert data["machine"]["versions"]["jax"] and data["machine"]["usable_cores"] >= 1
+    assert {r["op"] for r in data["rows"]} == OPS
+    bridge = data["bridge"]["available"]
+    for row in data["rows"]:
+        assert row["size"] == {"name": "small", "B": 512, "D": 64, "Q": 2, "k": 8, "m": 16}
+        expected = {"bound", "spacelearn", "space_jax"} | ({"bridge"} if bridge else set())
+        assert expected <= set(row["times"])
+        for t in row["times"].values():
+            _check_timing(t)
+    assert [t["target"] for t in data["targets"]] == [t[0] for t in report.TARGETS]
+
+    markdown = (out / "results.md").read_text()
+    assert "| size (B, D, Q, k, m) | operation |" in markdown
+    for op in OPS:
+        assert f"| small (512, 64, 2, 8, 16) | {op}" in markdown
+    assert results["paths"]["json"].endswith("results.json")
+
+    # The same results, rendered again with the rounds' minima instead of their medians.
+    again = out / "minima"
+    run.main(["--render", str(out / "results.json"), "--stat", "min", "--out", str(again)])
+    assert "Minima of interleaved rounds" in (again / "results.md").read_text()
+    assert (again / "scaling.png").exists()
+
+
+def test_quick_run_compares_like_with_like(quick_run):
+    _, results = quick_run
+    combined = next(r for r in results["rows"] if r["op"] == "combined_loss fwd+bwd")
+    # Small enough for spacelearn's exact SVD: every implementation returns the same loss.
+    values = combined["values"]
+    assert values["space_jax"] == pytest.approx(values["spacelearn"], rel=1e-4)
+    if "bridge" in values:
+        assert values["bridge"] == pytest.approx(values["spacelearn"], rel=1e-4)
+    assert {"bound_xla", "bound_torch"} <= set(combined["times"])
+    assert set(combined["peak_memory_bytes"]) <= {"spacelearn", "space_jax", "bridge"}
+    for axis in ("B", "D"):
+        sweep = results["sweeps"][axis]
+        assert len(sweep) >= 2 and all(r["op"] == "combined_loss fwd+bwd" for r in sweep)
+        sizes = [r["size"][axis] for r in sweep]
+        assert sizes == sorted(sizes)
+    if results["bridge"]["available"]:
+        overhead = results["bridge_overhead"]["rows"][0]
+        assert overhead["size"]["name"] == "tiny"
+        assert {"space_jax", "bridge", "bridge_no_grad"} <= set(overhead["times"])
+
+
+def test_neighbour_benchmarks_are_called_and_reported(monkeypatch):
+    calls = []
+
+    def fake_run(size):
+        calls.append(size)
+        if size == "large":
+            raise RuntimeError("out of time")
+        return {"size": size, "epoch_s": 0.5, "nested": {"speedup": 3.0}, "machine": {"x": 1}}
+
+    fake = types.ModuleType("benchmarks.fake_neighbour")
+    fake.SIZES = {"small": None, "medium": None, "large": None}
+    fake.run = fake_run
+    monkeypatch.setitem(sys.modules, "benchmarks.fake_neighbour", fake)
+
+    sizes = ["small", "main", "large"]
+    theirs = {s: run._their_size(fake, s) for s in sizes}
+    assert theirs == {"small": "small", "main": "medium", "large": "large"}
+    out = run._call_extra("fake_neighbour", {s: ((theirs[s],), {}) for s in sizes}, print)
+    assert calls == ["small", "medium", "large"]
+    assert out["main"]["nested"] == {"speedup": 3.0}
+    assert out["large"] == {"status": "error", "error": "RuntimeError: out of time"}
+    assert run._call_extra("no_such_neighbour", {"small": ((), {})}, print) == {
+        "all sizes": {"status": "not available", "error": "no module benchmarks.no_such_neighbour"}
+    }
+
+    results = {"machine": harness.machine(), "rows": [], "extras": {"fake_neighbour": out}}
+    markdown = report.markdown(results)
+    assert "| nested.speedup | 3 |" in markdown and "| epoch_s | 0.5 |" in markdown
+    assert "- large: error (RuntimeError: out of time)" in markdown
+    assert "| machine" not in markdown
+
+
+def test_time_interleaved_and_peak_memory():
+    counts = {"a": 0, "b": 0}
+
+    def bump(name):
+        counts[name] += 1
+
+    timings = harness.time_interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, rounds=4)
+    assert counts == {"a": 6, "b": 6}  # first call, warm-up, 4 rounds
+    assert all(t.rounds == 4 and 0 < t.min_s <= t.median_s for t in timings.values())
+    grown = harness.peak_rss_increase(lambda: bytearray(64 * 2**20))
+    assert grown is None or grown >= 32 * 2**20
