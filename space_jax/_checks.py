@@ -34,12 +34,17 @@ def as_float(x, name: str) -> jax.Array:
     return arr
 
 
-def check_latents(Z, name: str = "Z") -> jax.Array:
-    """Checks that latents are a floating ``(B, D)`` array with ``B >= 2``."""
+def check_latents(Z, name: str = "Z", *, min_batch: int = 2) -> jax.Array:
+    """Checks that latents are a floating ``(B, D)`` array with ``B >= min_batch``.
+
+    Centering needs two samples; a chunk of statistics to merge needs one (``min_batch=1``).
+    """
     Z = as_float(Z, name)
     if Z.ndim != 2:
         raise ValueError(f"{name}: expected latents of shape (B, D), got shape {Z.shape}")
-    if Z.shape[0] < 2:
+    if Z.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (B=0); a chunk needs at least one sample")
+    if Z.shape[0] < min_batch:
         raise ValueError(
             f"{name}: centering needs a batch of at least 2 samples, got B={Z.shape[0]}"
         )

@@ -30,7 +30,13 @@ from collections.abc import Iterable, Mapping
 import jax
 import jax.numpy as jnp
 
-from ._checks import as_float, check_finite, check_keys, check_positive_int, flatten_target
+from ._checks import (
+    check_finite,
+    check_keys,
+    check_latents,
+    check_positive_int,
+    flatten_target,
+)
 from .dims import _thresholds, bins_for_modes, explained_rank_from_gram
 from .linalg import Solver, full, gram
 from .pooling import pool
@@ -136,18 +142,6 @@ class Moments:
 # --- one batch ------------------------------------------------------------------------------
 
 
-def _check_batch_latents(Z, name: str = "Z") -> jax.Array:
-    """Latents ``(B, D)`` with ``B >= 1``: a single sample is a valid chunk to merge."""
-    Z = as_float(Z, name)
-    if Z.ndim != 2:
-        raise ValueError(f"{name}: expected latents of shape (B, D), got shape {Z.shape}")
-    if Z.shape[0] < 1:
-        raise ValueError(f"{name}: empty batch (B=0); a chunk needs at least one sample")
-    if Z.shape[1] < 1:
-        raise ValueError(f"{name}: expected a latent size D >= 1, got shape {Z.shape}")
-    return Z
-
-
 def _shifted_center(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean and centered rows, with the mean accumulated relative to the first row.
 
@@ -179,7 +173,7 @@ def moments(Z: jax.typing.ArrayLike, Y: Mapping) -> Moments:
       A :class:`Moments`. Eagerly, NaN or infinity in the inputs raise ``ValueError``; under
       ``jax.jit`` they propagate into the statistics (:func:`stream_moments` checks them).
     """
-    Z = _check_batch_latents(Z)
+    Z = check_latents(Z, min_batch=1)
     if not isinstance(Y, Mapping) or len(Y) == 0:
         raise ValueError("Y: expected a non-empty dict of per-quantity targets")
     batch = Z.shape[0]

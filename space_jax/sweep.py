@@ -234,7 +234,7 @@ def sweep(
             return {"loss": final_loss, "r2": r2}
 
         result = sweep(train, {"lr": [1e-3, 3e-3], "w_align": [0.1, 1.0], "seed": [0, 1]}, data)
-        print(result.to_markdown())
+        table = result.to_markdown()
 
     Args:
       train_fn: ``train_fn(config, *args)``, pure and traceable, returning a dict of arrays
