@@ -298,39 +298,23 @@ def ops_for(
         )
 
     sbl = getattr(sb, "loss", None)
-    if want("alignment_loss fwd+bwd"):
-        loss_alone(
-            "alignment_loss",
-            spacelearn.loss.alignment_loss,
-            "alignment_vg",
-            getattr(sbl, "alignment_loss", None),
-            lambda d, g: (g["Z"], d["W"], d["A"], d["Y"]),
-        )
-    if want("disentanglement_loss fwd+bwd"):
-        loss_alone(
-            "disentanglement_loss",
-            spacelearn.loss.disentanglement_loss,
-            "disentanglement_vg",
-            getattr(sbl, "disentanglement_loss", None),
-            lambda d, g: (g["Z"], d["W"]),
-        )
-    if want("isotropy_loss fwd+bwd"):
-        loss_alone(
-            "isotropy_loss",
-            spacelearn.loss.isotropy_loss,
-            "isotropy_vg",
-            getattr(sbl, "isotropy_loss", None),
-            lambda d, g: (g["Z"], d["W"]),
-        )
-    if want("stability_loss fwd+bwd"):
-        loss_alone(
-            "stability_loss",
-            spacelearn.loss.stability_loss,
-            "stability_vg",
-            getattr(sbl, "stability_loss", None),
-            lambda d, g: (g["W"], d["W_prev"]),
-            grad_leaf="W",
-        )
+    # name, the core's jitted value-and-grad, arguments from (inputs, grad leaves), grad leaf
+    single_losses = [
+        ("alignment_loss", "alignment_vg", lambda d, g: (g["Z"], d["W"], d["A"], d["Y"]), "Z"),
+        ("disentanglement_loss", "disentanglement_vg", lambda d, g: (g["Z"], d["W"]), "Z"),
+        ("isotropy_loss", "isotropy_vg", lambda d, g: (g["Z"], d["W"]), "Z"),
+        ("stability_loss", "stability_vg", lambda d, g: (g["W"], d["W_prev"]), "W"),
+    ]
+    for name, jax_key, arguments, leaf in single_losses:
+        if want(f"{name} fwd+bwd"):
+            loss_alone(
+                name,
+                getattr(spacelearn.loss, name),
+                jax_key,
+                getattr(sbl, name, None),
+                arguments,
+                grad_leaf=leaf,
+            )
 
     # --- solvers, sizing, pooling ------------------------------------------------------------
     if want("solve_subspaces"):
