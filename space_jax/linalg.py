@@ -32,12 +32,19 @@ from ._checks import as_float
 
 __all__ = [
     "Solver",
+    "eigh",
+    "eigvalsh",
     "full",
     "gram",
     "left",
+    "lstsq",
+    "pinv",
+    "qr",
     "residual_gram_eigvals",
     "right",
     "singular_values",
+    "solve",
+    "svd",
     "symmetric_eigvals",
 ]
 
@@ -331,3 +338,42 @@ def _residual_gram_vjp_parts(w, g, v, c):
 
 
 residual_gram_eigvals.defvjp(_residual_gram_eigvals_fwd, _residual_gram_eigvals_bwd)
+
+
+# Decompositions and solves. Every one the library runs goes through these names, so that batching
+# them (vmap) is decided in one place.
+
+
+def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric ``(..., n, n)`` matrix."""
+    return jnp.linalg.eigh(a)
+
+
+def eigvalsh(a: jax.Array) -> jax.Array:
+    """Eigenvalues (ascending) of a symmetric ``(..., n, n)`` matrix."""
+    return jnp.linalg.eigvalsh(a)
+
+
+def svd(a: jax.Array, *, full_matrices: bool = False, compute_uv: bool = True):
+    """``jnp.linalg.svd`` with reduced factors by default."""
+    return jnp.linalg.svd(a, full_matrices=full_matrices, compute_uv=compute_uv)
+
+
+def qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Reduced QR factorisation of ``(..., m, n)``."""
+    return jnp.linalg.qr(a)
+
+
+def lstsq(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Minimum-norm least-squares solution of ``a @ x = b``."""
+    return jnp.linalg.lstsq(a, b)[0]
+
+
+def pinv(a: jax.Array, *, hermitian: bool = False) -> jax.Array:
+    """Moore-Penrose pseudo-inverse."""
+    return jnp.linalg.pinv(a, hermitian=hermitian)
+
+
+def solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Solution of the square system ``a @ x = b``."""
+    return jnp.linalg.solve(a, b)
