@@ -16,6 +16,9 @@ __all__ = ["gcca"]
 _WEAK_DIRECTION = 1e-3
 # Relative jitter added to covariances before inverting them (zero-variance features are common).
 _JITTER = 1e-6
+# A model whose mean variance is below this fraction of all features' mean variance is whitened
+# as if it had the mean variance of all features (the data cannot carry its directions).
+_WEAK_MODEL = 1e-6
 
 
 def gcca(X: jax.Array, sizes: tuple[int, ...], d: int, config: ProjectionConfig) -> tuple:
@@ -43,11 +46,18 @@ def gcca(X: jax.Array, sizes: tuple[int, ...], d: int, config: ProjectionConfig)
     ridge = jnp.asarray(config.ridge, X.dtype)
     X = X - jnp.mean(X, axis=0)
     C = X.T @ X / B
+    # The ridge is relative to a model's mean variance; a model without variance (constant
+    # features) borrows the mean variance of all features instead, else its whitener (and so
+    # its projection) would be ~1/sqrt(tiny) and training would overflow.
+    overall = jnp.mean(jnp.diag(C))
+    overall = jnp.where(overall > 0, overall, 1.0)
     whiteners = []
     for c in _columns(sizes):
         w, V = linalg.eigh(C[c, c])
         w = jnp.maximum(w, 0.0)
-        shift = (ridge + _JITTER) * jnp.maximum(jnp.mean(w), jnp.finfo(w.dtype).tiny)
+        variance = jnp.mean(w)
+        variance = jnp.where(variance > _WEAK_MODEL * overall, variance, overall)
+        shift = (ridge + _JITTER) * variance
         whiteners.append((V / jnp.sqrt(w + shift)) @ V.T)
     Wb = jax.scipy.linalg.block_diag(*whiteners)
     K = Wb @ C @ Wb

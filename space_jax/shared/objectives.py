@@ -23,10 +23,21 @@ __all__ = ["projection_loss"]
 
 
 def _standardisation(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-feature mean and one per-model scale (root mean variance), broadcast to ``(n,)``."""
-    mean = jnp.mean(x, axis=0)
-    rms = jnp.sqrt(jnp.mean((x - mean) ** 2))
-    scale = jnp.where(rms > 0, rms, 1.0)
+    """Per-feature mean and one per-model scale (root mean variance), broadcast to ``(n,)``.
+
+    Formed from ``x`` divided by its largest magnitude, so that data near either end of the
+    float range (``1e±30`` in float32) neither overflows nor underflows. A constant feature's
+    mean is its value exactly (its standardised input is then exactly 0), and a model whose
+    features are all constant gets scale 1.
+    """
+    peak = jnp.max(jnp.abs(x))
+    peak = jnp.where(peak > 0, peak, 1.0)
+    u = x / peak
+    constant = jnp.all(x == x[:1], axis=0)
+    mean_u = jnp.where(constant, u[0], jnp.mean(u, axis=0))
+    rms_u = jnp.sqrt(jnp.mean(jnp.where(constant, 0.0, u - mean_u) ** 2))
+    mean = jnp.where(constant, x[0], mean_u * peak)
+    scale = jnp.where(rms_u > 0, rms_u * peak, 1.0)
     return mean, jnp.full_like(mean, scale)
 
 

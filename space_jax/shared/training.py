@@ -117,10 +117,26 @@ def train_projections(
     xs = {m: x.astype(dtype) for m, x in xs.items()}
     trained = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), {m: params[m] for m in xs})
     new, history = _fit(trained, xs, config, key)
+    _check_trained(new, config)
     logger.debug(
         "trained %s (%s objective, %d epochs)", list(xs), config.objective, config.n_epochs
     )
     return {**params, **new}, history
+
+
+def _check_trained(params: Params, config: ProjectionConfig) -> None:
+    """Refuses parameters that training left NaN or infinite (when concrete, not under vmap)."""
+    for name, entry in params.items():
+        for field, value in entry.items():
+            if isinstance(value, jax.core.Tracer):
+                return
+            if not bool(jnp.all(jnp.isfinite(value))):
+                raise ValueError(
+                    f"train_projections: training diverged, model {name!r}'s {field} contains "
+                    f"NaN or infinity after {config.n_epochs} epochs ({config.objective!r} "
+                    f"objective, learning_rate={config.learning_rate}); lower "
+                    "config.learning_rate or standardise the data"
+                )
 
 
 @jax.jit
