@@ -61,6 +61,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
+from . import linalg
 from ._checks import check_finite, check_positive_int
 
 __all__ = [
@@ -292,13 +293,13 @@ def _gcca(X: jax.Array, sizes: tuple[int, ...], d: int, config: ProjectionConfig
     C = X.T @ X / B
     whiteners = []
     for c in _columns(sizes):
-        w, V = jnp.linalg.eigh(C[c, c])
+        w, V = linalg.eigh(C[c, c])
         w = jnp.maximum(w, 0.0)
         shift = (ridge + _JITTER) * jnp.maximum(jnp.mean(w), jnp.finfo(w.dtype).tiny)
         whiteners.append((V / jnp.sqrt(w + shift)) @ V.T)
     Wb = jax.scipy.linalg.block_diag(*whiteners)
     K = Wb @ C @ Wb
-    lam, V = jnp.linalg.eigh((K + K.T) / 2)
+    lam, V = linalg.eigh((K + K.T) / 2)
     k = min(d, N)
     lam, V = jnp.maximum(lam[::-1][:k], 0.0), V[:, ::-1][:, :k]
     col_scale = M * jnp.sqrt(lam) / jnp.maximum(lam, _WEAK_DIRECTION * M)
@@ -311,7 +312,7 @@ def _gcca(X: jax.Array, sizes: tuple[int, ...], d: int, config: ProjectionConfig
         gram = jnp.einsum("s,nsk,nsl->kl", pair[:, t], Z, Z) / B
         gram = gram + (ridge + _JITTER * jnp.trace(gram) / d + _tiny(gram)) * jnp.eye(d)
         rhs = jnp.einsum("s,nsk,ni->ki", pair[:, t], Z, X[:, c]) / B
-        R_blocks.append(jnp.linalg.solve(gram, rhs))
+        R_blocks.append(linalg.solve(gram, rhs))
     return P_cat, jnp.concatenate(R_blocks, axis=1)
 
 
