@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from . import linalg
 from ._checks import as_float, check_finite, check_positive_int, check_threshold
 from .pooling import pool
 
@@ -75,7 +76,7 @@ def explained_rank_from_gram(g: jax.typing.ArrayLike, threshold: jax.typing.Arra
     Returns:
       An int32 scalar array.
     """
-    var = jnp.maximum(jnp.linalg.eigvalsh(g)[::-1], 0.0)
+    var = jnp.maximum(linalg.eigvalsh(g)[::-1], 0.0)
     cumulative = jnp.cumsum(var / (jnp.sum(var) + _EPS))
     return (jnp.sum(cumulative < threshold) + 1).astype(jnp.int32)
 

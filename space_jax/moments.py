@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 import jax
 import jax.numpy as jnp
 
+from . import linalg
 from ._checks import (
     check_finite,
     check_keys,
@@ -318,7 +319,7 @@ def solve_subspaces_from_moments(
         u, _, vh = full(m.zy[q], solver=solver)
         w = _basis(u, ks[q])
         normal = w @ m.zz @ w.T
-        a = jnp.linalg.pinv((normal + normal.T) / 2, hermitian=True) @ (w @ m.zy[q])
+        a = linalg.pinv((normal + normal.T) / 2, hermitian=True) @ (w @ m.zy[q])
         W[q] = jax.lax.stop_gradient(w)
         A[q] = jax.lax.stop_gradient(a)
         V[q] = jax.lax.stop_gradient(_leading_pair(u, vh)[1])

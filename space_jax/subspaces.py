@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 import jax
 import jax.numpy as jnp
 
+from . import linalg
 from ._checks import check_keys, check_latents, check_positive_int, flatten_target
 from .linalg import Solver, full, left
 
@@ -127,7 +128,7 @@ def _decoders(W: Mapping, zc: jax.Array, yc: Mapping) -> dict[str, jax.Array]:
     out, start = {}, 0
     for q, w in bases.items():
         k = w.shape[0]
-        a = jnp.linalg.lstsq(coords[:, start : start + k], yc[q])[0]
+        a = linalg.lstsq(coords[:, start : start + k], yc[q])
         out[q] = jax.lax.stop_gradient(a)
         start += k
     return out
@@ -147,7 +148,7 @@ def _leading_pair(u: jax.Array, vh: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _basis(u: jax.Array, k: int) -> jax.Array:
     """First ``k`` columns of ``u`` (fewer if it has fewer), re-orthonormalised, as rows."""
-    q, _ = jnp.linalg.qr(u[:, :k], mode="reduced")
+    q, _ = linalg.qr(u[:, :k])
     return q.T
 
 
