@@ -15,7 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from . import linalg
-from ._checks import check_keys, check_latents, check_positive_int, flatten_target
+from ._checks import (
+    check_keys,
+    check_latents,
+    check_positive_int,
+    flatten_target,
+    half_in_float32,
+)
 from ._spmd import batch_contract, batch_mean, mesh_size
 from .linalg import Solver, full, left, pinv
 
@@ -173,6 +179,7 @@ def _basis(u: jax.Array, k: int) -> jax.Array:
     return q.T
 
 
+@half_in_float32
 def principal_directions(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -204,6 +211,7 @@ def principal_directions(
     return out
 
 
+@half_in_float32
 def subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -235,6 +243,7 @@ def subspaces(
     return {q: _basis(left(c_q, **options)[0], ks[q]) for q, c_q in c.items()}
 
 
+@half_in_float32
 def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, jax.Array]:
     """Least-squares decoders from subspace coordinates to centered targets.
 
@@ -261,6 +270,7 @@ def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, j
     return _decoders(W, _center(Z), yc)
 
 
+@half_in_float32
 def solve_subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
