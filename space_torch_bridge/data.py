@@ -35,7 +35,7 @@ def pool(chunks: torch.Tensor, n_bins: int, mode: str = "avg") -> torch.Tensor:
         (chunks,),
         names=("chunks",),
         label="pool",
-        static={"n_bins": n_bins, "mode": mode},
+        static={"n_bins": n_bins, "mode": mode, "name": "chunks"},
     )
 
 
