@@ -15,7 +15,9 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from . import linalg
 from ._checks import as_float, check_finite, check_positive_int, check_threshold
+from ._spmd import batch_contract, batch_mean, replicated
 from .pooling import pool
 
 __all__ = [
@@ -58,10 +60,13 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     if y.ndim == 0:
         raise ValueError("y: expected a batch of targets, got a scalar")
     yc = _as_matrix(y)
-    yc = yc - yc.mean(axis=0, keepdims=True)
-    return explained_rank_from_gram(
-        yc.T @ yc if yc.shape[0] >= yc.shape[1] else yc @ yc.T, threshold
-    )
+    yc = yc - batch_mean(yc, keepdims=True)
+    if yc.shape[0] >= yc.shape[1]:
+        return explained_rank_from_gram(batch_contract(yc, yc), threshold)
+    # (B, B) needs the whole batch on every device; on a mesh, gathering the B x m rows moves
+    # fewer numbers than the all-reduce of an (m, m) matrix would, since B < m.
+    yc = replicated(yc)
+    return explained_rank_from_gram(yc @ yc.T, threshold)
 
 
 def explained_rank_from_gram(g: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> jax.Array:
@@ -75,7 +80,7 @@ def explained_rank_from_gram(g: jax.typing.ArrayLike, threshold: jax.typing.Arra
     Returns:
       An int32 scalar array.
     """
-    var = jnp.maximum(jnp.linalg.eigvalsh(g)[::-1], 0.0)
+    var = jnp.maximum(linalg.eigvalsh(g)[::-1], 0.0)
     cumulative = jnp.cumsum(var / (jnp.sum(var) + _EPS))
     return (jnp.sum(cumulative < threshold) + 1).astype(jnp.int32)
 

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import as_float, check_keys, check_latents, check_positive_int, flatten_target
+from ._spmd import batch_contract, batch_mean
 from .linalg import (
     _residual_gram_eigh,
     _residual_gram_vjp_parts,
@@ -95,7 +96,7 @@ def _ordered(W: Mapping, order: tuple[str, ...] | None) -> dict:
 
 
 def _center(x: jax.Array) -> jax.Array:
-    return x - x.mean(axis=0, keepdims=True)
+    return x - batch_mean(x, keepdims=True)
 
 
 def _safe_sqrt(x: jax.Array, floor) -> jax.Array:
@@ -189,9 +190,9 @@ def _batch_statistics_bwd(n, residuals, cotangents):
     u, grad_w = _residual_gram_vjp_parts(w_all, g, v, c)
     left = jnp.concatenate([d_coords, 2.0 * (zc @ u) * c], axis=1)  # (B, K + n)
     # The centering's derivative subtracts the batch mean; on the narrow factor it is cheap.
-    left = left - jnp.mean(left, axis=0, keepdims=True)
+    left = left - batch_mean(left, keepdims=True)
     grad_z = left @ jnp.concatenate([w_all, u.T], axis=0)
-    grad_w = grad_w + d_coords.T @ zc
+    grad_w = grad_w + batch_contract(d_coords, zc)
     return grad_z, grad_w
 
 

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 import jax
 import jax.numpy as jnp
 
+from . import linalg
 from ._checks import (
     check_finite,
     check_keys,
@@ -37,6 +38,7 @@ from ._checks import (
     check_positive_int,
     flatten_target,
 )
+from ._spmd import batch_contract, batch_first, batch_mean
 from .dims import _thresholds, bins_for_modes, explained_rank_from_gram
 from .linalg import Solver, full, gram
 from .pooling import pool
@@ -148,8 +150,8 @@ def _shifted_center(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     Summing ``x - x[0]`` instead of ``x`` keeps the accumulated values near the spread of the
     data rather than near its offset, so the mean of data far from the origin stays accurate.
     """
-    shift = x[0]
-    mean = shift + jnp.mean(x - shift, axis=0)
+    shift = batch_first(x)
+    mean = shift + batch_mean(x - shift)
     return mean, x - mean
 
 
@@ -193,8 +195,8 @@ def _moments_of_chunk(Z: jax.Array, targets: tuple, shapes: tuple) -> Moments:
     dtype = jnp.result_type(Z, *targets)
     z_mean, zc = _shifted_center(Z.astype(dtype))
     y_mean, yc = _shifted_center(jnp.concatenate(targets, axis=1).astype(dtype))
-    zy = zc.T @ yc
-    yy = yc.T @ yc
+    zy = batch_contract(zc, yc)
+    yy = batch_contract(yc, yc)
     y_means = _split(y_mean, sizes, axis=0)
     zys = _split(zy, sizes, axis=1)
     yys = [_split(rows, sizes, axis=1)[i] for i, rows in enumerate(_split(yy, sizes, axis=0))]
@@ -318,7 +320,7 @@ def solve_subspaces_from_moments(
         u, _, vh = full(m.zy[q], solver=solver)
         w = _basis(u, ks[q])
         normal = w @ m.zz @ w.T
-        a = jnp.linalg.pinv((normal + normal.T) / 2, hermitian=True) @ (w @ m.zy[q])
+        a = linalg.pinv((normal + normal.T) / 2, hermitian=True) @ (w @ m.zy[q])
         W[q] = jax.lax.stop_gradient(w)
         A[q] = jax.lax.stop_gradient(a)
         V[q] = jax.lax.stop_gradient(_leading_pair(u, vh)[1])

@@ -14,8 +14,10 @@ from collections.abc import Iterator, Mapping
 import jax
 import jax.numpy as jnp
 
+from . import linalg
 from ._checks import check_keys, check_latents, check_positive_int, flatten_target
-from .linalg import Solver, full, left
+from ._spmd import batch_contract, batch_mean, mesh_size
+from .linalg import Solver, full, left, pinv
 
 __all__ = [
     "Space",
@@ -92,7 +94,7 @@ def _targets(Y: Mapping, batch: int) -> dict[str, jax.Array]:
 
 
 def _center(x: jax.Array) -> jax.Array:
-    return x - x.mean(axis=0, keepdims=True)
+    return x - batch_mean(x, keepdims=True)
 
 
 def _resolve_k(k, names) -> dict[str, int]:
@@ -109,7 +111,7 @@ def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, dict, dict[str, jax.Ar
     targets = _targets(Y, Z.shape[0])
     zc = _center(Z)
     yc = {q: _center(y) for q, y in targets.items()}
-    c_all = zc.T @ jnp.concatenate(list(yc.values()), axis=1)
+    c_all = batch_contract(zc, jnp.concatenate(list(yc.values()), axis=1))
     offsets = [0]
     for y in yc.values():
         offsets.append(offsets[-1] + y.shape[1])
@@ -120,16 +122,36 @@ def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, dict, dict[str, jax.Ar
 def _decoders(W: Mapping, zc: jax.Array, yc: Mapping) -> dict[str, jax.Array]:
     """Minimum-norm least squares ``Zc @ W_q.T @ A_q ~ Yc_q`` from centered data.
 
-    The coordinates of all quantities come from one product (one pass over ``Zc``).
+    The coordinates of all quantities come from one product (one pass over ``Zc``). When the
+    batch may be spread over several devices, the solution comes from the normal equations
+    (``pinv(S.T @ S) @ S.T @ Yc``, as :func:`~space_jax.solve_subspaces_from_moments`), whose
+    batch contractions need one all-reduce of ``(K, K + M)`` statistics, instead of a least
+    squares over the ``(B, K)`` coordinates, which would gather them on one device.
     """
     bases = {q: jnp.asarray(w) for q, w in W.items()}
     coords = zc @ jnp.concatenate(list(bases.values()), axis=0).T
+    if mesh_size(zc, *yc.values()) > 1:
+        return _decoders_from_normal_equations(bases, coords, yc)
     out, start = {}, 0
     for q, w in bases.items():
         k = w.shape[0]
-        a = jnp.linalg.lstsq(coords[:, start : start + k], yc[q])[0]
+        a = linalg.lstsq(coords[:, start : start + k], yc[q])
         out[q] = jax.lax.stop_gradient(a)
         start += k
+    return out
+
+
+def _decoders_from_normal_equations(bases: Mapping, coords: jax.Array, yc: Mapping) -> dict:
+    names = list(bases)
+    sizes = [bases[q].shape[0] for q in names]
+    stats = batch_contract(coords, jnp.concatenate([coords] + [yc[q] for q in names], axis=1))
+    out, start, col = {}, 0, sum(sizes)
+    for q, k in zip(names, sizes, strict=True):
+        normal = stats[start : start + k, start : start + k]
+        rhs = stats[start : start + k, col : col + yc[q].shape[1]]
+        a = pinv((normal + normal.T) / 2, hermitian=True) @ rhs
+        out[q] = jax.lax.stop_gradient(a)
+        start, col = start + k, col + yc[q].shape[1]
     return out
 
 
@@ -147,7 +169,7 @@ def _leading_pair(u: jax.Array, vh: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _basis(u: jax.Array, k: int) -> jax.Array:
     """First ``k`` columns of ``u`` (fewer if it has fewer), re-orthonormalised, as rows."""
-    q, _ = jnp.linalg.qr(u[:, :k], mode="reduced")
+    q, _ = linalg.qr(u[:, :k])
     return q.T
 
 

@@ -217,7 +217,7 @@ def test_gcca_start_whitens_the_consensus_and_solves_for_the_reconstruction(trai
 
 
 def test_full_batch_moments_give_the_same_loss_and_gradients(trained):
-    from space_jax import shared
+    from space_jax.shared import objectives as shared
 
     space, data = trained
     names = tuple(data)
