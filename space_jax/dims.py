@@ -57,8 +57,10 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     ``[1, m]`` for a target of ``m`` values per sample (spacelearn can return ``m + 1`` for a
     threshold of 1 or a constant target); a target without variance gets 1. The spectrum comes
     from the eigenvalues of the smaller Gram matrix (exact, no SVD), formed from the target
-    divided by its largest deviation (with the ``1e-8`` scaled alike, so the rule is unchanged)
-    so that it neither overflows nor underflows; half precision is computed in float32.
+    divided by its largest deviation from the mean, so that it neither overflows nor underflows
+    and the ``1e-8`` is relative: the rank does not depend on the target's units (spacelearn's
+    absolute ``1e-8`` gives ``m + 1`` for any target of variance well below ``1e-8``). Half
+    precision is computed in float32.
 
     Args:
       y: target ``(B,)``, ``(B, m)`` or ``(B, ...)`` (flattened).
@@ -80,7 +82,7 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     peak = jnp.max(jnp.abs(yc))
     peak = jnp.where(peak > 0, peak, 1.0)
     yc = yc / peak
-    eps = _EPS / peak / peak  # 0 or inf when the square leaves the float range: still the rule
+    eps = _EPS  # relative to the largest deviation: the rank does not depend on units
     if yc.shape[0] >= yc.shape[1]:
         return _rank_from_gram(batch_contract(yc, yc), threshold, eps)
     # (B, B) needs the whole batch on every device; on a mesh, gathering the B x m rows moves
