@@ -14,7 +14,14 @@ from collections.abc import Iterator, Mapping
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_keys, check_latents, check_positive_int, flatten_target
+from . import linalg
+from ._checks import (
+    check_keys,
+    check_latents,
+    check_positive_int,
+    flatten_target,
+    half_in_float32,
+)
 from ._spmd import batch_contract, batch_mean, mesh_size
 from .linalg import Solver, full, left, pinv
 
@@ -134,7 +141,7 @@ def _decoders(W: Mapping, zc: jax.Array, yc: Mapping) -> dict[str, jax.Array]:
     out, start = {}, 0
     for q, w in bases.items():
         k = w.shape[0]
-        a = jnp.linalg.lstsq(coords[:, start : start + k], yc[q])[0]
+        a = linalg.lstsq(coords[:, start : start + k], yc[q])
         out[q] = jax.lax.stop_gradient(a)
         start += k
     return out
@@ -168,10 +175,11 @@ def _leading_pair(u: jax.Array, vh: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _basis(u: jax.Array, k: int) -> jax.Array:
     """First ``k`` columns of ``u`` (fewer if it has fewer), re-orthonormalised, as rows."""
-    q, _ = jnp.linalg.qr(u[:, :k], mode="reduced")
+    q, _ = linalg.qr(u[:, :k])
     return q.T
 
 
+@half_in_float32
 def principal_directions(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -203,6 +211,7 @@ def principal_directions(
     return out
 
 
+@half_in_float32
 def subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -234,6 +243,7 @@ def subspaces(
     return {q: _basis(left(c_q, **options)[0], ks[q]) for q, c_q in c.items()}
 
 
+@half_in_float32
 def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, jax.Array]:
     """Least-squares decoders from subspace coordinates to centered targets.
 
@@ -260,6 +270,7 @@ def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, j
     return _decoders(W, _center(Z), yc)
 
 
+@half_in_float32
 def solve_subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
