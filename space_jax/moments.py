@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import (
     HALF_DTYPES,
@@ -506,8 +507,26 @@ def _progress_bar(enabled: bool):
     return tqdm(unit="sample", unit_scale=True, desc="moments")
 
 
+def _global_batch(sharding, Z, ys: tuple, index: int) -> tuple:
+    """This process's part of a batch, as a global array laid out by ``sharding``."""
+    try:
+        return tuple(
+            jax.make_array_from_process_local_data(sharding, np.asarray(x)) for x in (Z, *ys)
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"batches[{index}]: this process's {np.shape(Z)[0]} samples cannot be laid out "
+            f"by sharding={sharding} (the batch must split evenly over the devices of its "
+            f"batch axis; drop or pad the last batch): {e}"
+        ) from e
+
+
 def stream_moments(
-    batches: Iterable, *, progress: bool = False, initial: Moments | None = None
+    batches: Iterable,
+    *,
+    progress: bool = False,
+    initial: Moments | None = None,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> Moments:
     """Folds an iterable of host batches into one :class:`Moments`.
 
@@ -521,6 +540,12 @@ def stream_moments(
         with ``B >= 1`` and ``{q: (B, ...)}`` targets, NumPy or JAX arrays.
       progress: show a tqdm progress bar counting samples.
       initial: moments to continue from (for example a previous epoch or data set).
+      sharding: lay each batch out over devices, for example
+        ``NamedSharding(mesh, P("batch"))``. Every batch is then this process's part of a
+        global batch (``jax.make_array_from_process_local_data``): on several hosts each one
+        streams its own shard (all hosts the same number of batches, each split evenly over
+        its devices), and the result, identical on every host, is the moments of all of them.
+        Without it, batches are used as given (JAX arrays may already be global).
 
     Returns:
       The merged :class:`Moments`.
@@ -536,6 +561,9 @@ def stream_moments(
     try:
         for index, batch in enumerate(batches):
             Z, ys, names = _unpack(batch, index)
+            if sharding is not None:
+                Z, *ys = _global_batch(sharding, Z, ys, index)
+                ys = tuple(ys)
             try:
                 if acc is None:
                     acc, finite = _start(Z, ys, names=names)
