@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from ._checks import as_float
 from ._decompositions import eigh, eigvalsh, lstsq, pinv, qr, solve, svd
+from ._spmd import batch_contract
 
 __all__ = [
     "Solver",
@@ -239,11 +240,11 @@ def gram(x: jax.Array) -> jax.Array:
     Its derivative is one ``B x D x D`` product, ``x @ (C + C.T)`` for a cotangent ``C``; the
     automatic derivative of ``x.T @ x`` computes two.
     """
-    return x.T @ x
+    return batch_contract(x, x)
 
 
 def _gram_fwd(x):
-    return x.T @ x, x
+    return batch_contract(x, x), x
 
 
 def _gram_bwd(x, cotangent):
@@ -306,7 +307,7 @@ def residual_gram_eigvals(x: jax.Array, w: jax.Array, n: int) -> jax.Array:
 
 
 def _residual_gram_eigh(x, w, n):
-    g = x.T @ x
+    g = batch_contract(x, x)
     gw = g @ w.T  # (D, K)
     gww = gw @ w  # G P_W, with P_W = w.T @ w
     # P G P expanded so that only (D, K) products appear besides G itself.

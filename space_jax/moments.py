@@ -32,12 +32,15 @@ import jax.numpy as jnp
 
 from . import linalg
 from ._checks import (
+    HALF_DTYPES,
     check_finite,
     check_keys,
     check_latents,
     check_positive_int,
     flatten_target,
+    half_in_float32,
 )
+from ._spmd import batch_contract, batch_first, batch_mean
 from .dims import _thresholds, bins_for_modes, explained_rank_from_gram
 from .linalg import Solver, full, gram
 from .pooling import pool
@@ -149,8 +152,8 @@ def _shifted_center(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     Summing ``x - x[0]`` instead of ``x`` keeps the accumulated values near the spread of the
     data rather than near its offset, so the mean of data far from the origin stays accurate.
     """
-    shift = x[0]
-    mean = shift + jnp.mean(x - shift, axis=0)
+    shift = batch_first(x)
+    mean = shift + batch_mean(x - shift)
     return mean, x - mean
 
 
@@ -173,17 +176,23 @@ def moments(Z: jax.typing.ArrayLike, Y: Mapping) -> Moments:
     Returns:
       A :class:`Moments`. Eagerly, NaN or infinity in the inputs raise ``ValueError``; under
       ``jax.jit`` they propagate into the statistics (:func:`stream_moments` checks them).
+      Half-precision inputs (float16, bfloat16) are accumulated, and returned, in float32.
     """
-    Z = check_latents(Z, min_batch=1)
+    Z = _accumulator(check_latents(Z, min_batch=1))
     if not isinstance(Y, Mapping) or len(Y) == 0:
         raise ValueError("Y: expected a non-empty dict of per-quantity targets")
     batch = Z.shape[0]
-    targets = {q: flatten_target(y, batch, q) for q, y in Y.items()}
+    targets = {q: _accumulator(flatten_target(y, batch, q)) for q, y in Y.items()}
     check_finite(Z, "Z")
     for q, y in targets.items():
         check_finite(y, f"Y[{q!r}]")
     shapes = tuple((q, tuple(jnp.shape(Y[q])[1:])) for q in targets)
     return _moments_of_chunk(Z, tuple(targets.values()), shapes)
+
+
+def _accumulator(x: jax.Array) -> jax.Array:
+    """Half-precision inputs are accumulated in float32 (their sums leave float16's range)."""
+    return x.astype(jnp.float32) if jnp.dtype(x.dtype) in HALF_DTYPES else x
 
 
 @functools.partial(jax.jit, static_argnames=("shapes",))
@@ -194,8 +203,8 @@ def _moments_of_chunk(Z: jax.Array, targets: tuple, shapes: tuple) -> Moments:
     dtype = jnp.result_type(Z, *targets)
     z_mean, zc = _shifted_center(Z.astype(dtype))
     y_mean, yc = _shifted_center(jnp.concatenate(targets, axis=1).astype(dtype))
-    zy = zc.T @ yc
-    yy = yc.T @ yc
+    zy = batch_contract(zc, yc)
+    yy = batch_contract(yc, yc)
     y_means = _split(y_mean, sizes, axis=0)
     zys = _split(zy, sizes, axis=1)
     yys = [_split(rows, sizes, axis=1)[i] for i, rows in enumerate(_split(yy, sizes, axis=0))]
@@ -240,6 +249,15 @@ def _check_compatible(a: Moments, b: Moments) -> None:
             )
 
 
+def _check_count(m: Moments, name: str) -> None:
+    """A concrete count must be a finite number >= 0 (a traced one is the caller's)."""
+    if isinstance(m.count, jax.core.Tracer):
+        return
+    count = float(jnp.asarray(m.count))
+    if not count >= 0 or not math.isfinite(count):
+        raise ValueError(f"{name}: count must be a finite number >= 0, got {m.count}")
+
+
 def merge_moments(a: Moments, b: Moments) -> Moments:
     """Moments of the union of two chunks (the parallel co-moment update).
 
@@ -258,6 +276,8 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     """
     a, b = _check_moments(a, "a"), _check_moments(b, "b")
     _check_compatible(a, b)
+    _check_count(a, "a")
+    _check_count(b, "b")
     if b.names != a.names:
         b = Moments(b.count, b.z_mean, b.zz, b.y_mean, b.zy, b.yy, a.target_shapes)
     return _merge(a, b)
@@ -292,6 +312,7 @@ def _require_samples(m: Moments, minimum: int, what: str) -> None:
         raise ValueError(f"m: {what} needs at least {minimum} samples, got count={m.count}")
 
 
+@half_in_float32
 def solve_subspaces_from_moments(
     m: Moments, k: int | Mapping[str, int] = 32, *, solver: Solver = "auto"
 ) -> Space:
@@ -371,11 +392,18 @@ def k_per_q_from_moments(
     return ks if per_quantity else max(ks.values())
 
 
-def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype) -> jax.Array:
-    """``P`` with ``pool(y, n_bins, "avg").reshape(B, -1) == y.reshape(B, -1) @ P``."""
+def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype, name: str) -> jax.Array:
+    """``P`` with ``pool(y, n_bins, "avg").reshape(B, -1) == y.reshape(B, -1) @ P``; a scalar
+    per sample (a 1-D target) is the series of length 1."""
+    shape = shape or (1,)
+    if len(shape) not in (1, 3):
+        raise ValueError(
+            f"{name}: per-sample target shape {shape} cannot be pooled; expected (S,) series or "
+            "(C, H, W) fields (targets (B, S) or (B, C, H, W))"
+        )
     size = math.prod(shape)
     basis = jnp.eye(size, dtype=dtype).reshape((size, *shape))
-    return pool(basis, n_bins, "avg").reshape(size, -1)
+    return pool(basis, n_bins, "avg", name=name).reshape(size, -1)
 
 
 def solve_dims_from_moments(
@@ -421,7 +449,7 @@ def solve_dims_from_moments(
     k_ts = _thresholds(names, k_thresholds, k_default_threshold, 0.90, "k_thresholds")
     ks = {}
     for q in m.names:
-        p = _avg_pool_matrix(m.target_shapes[q], bins[q], m.yy[q].dtype)
+        p = _avg_pool_matrix(m.target_shapes[q], bins[q], m.yy[q].dtype, f"m (quantity {q!r})")
         ks[q] = _rank(p.T @ m.yy[q] @ p, k_ts[q])
     if not k_per_quantity:
         ks = dict.fromkeys(m.names, max(ks.values()))

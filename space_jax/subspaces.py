@@ -15,8 +15,15 @@ import jax
 import jax.numpy as jnp
 
 from . import linalg
-from ._checks import check_keys, check_latents, check_positive_int, flatten_target
-from .linalg import Solver, full, left
+from ._checks import (
+    check_keys,
+    check_latents,
+    check_positive_int,
+    flatten_target,
+    half_in_float32,
+)
+from ._spmd import batch_contract, batch_mean, mesh_size
+from .linalg import Solver, full, left, pinv
 
 __all__ = [
     "Space",
@@ -93,7 +100,7 @@ def _targets(Y: Mapping, batch: int) -> dict[str, jax.Array]:
 
 
 def _center(x: jax.Array) -> jax.Array:
-    return x - x.mean(axis=0, keepdims=True)
+    return x - batch_mean(x, keepdims=True)
 
 
 def _resolve_k(k, names) -> dict[str, int]:
@@ -110,7 +117,7 @@ def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, dict, dict[str, jax.Ar
     targets = _targets(Y, Z.shape[0])
     zc = _center(Z)
     yc = {q: _center(y) for q, y in targets.items()}
-    c_all = zc.T @ jnp.concatenate(list(yc.values()), axis=1)
+    c_all = batch_contract(zc, jnp.concatenate(list(yc.values()), axis=1))
     offsets = [0]
     for y in yc.values():
         offsets.append(offsets[-1] + y.shape[1])
@@ -121,16 +128,36 @@ def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, dict, dict[str, jax.Ar
 def _decoders(W: Mapping, zc: jax.Array, yc: Mapping) -> dict[str, jax.Array]:
     """Minimum-norm least squares ``Zc @ W_q.T @ A_q ~ Yc_q`` from centered data.
 
-    The coordinates of all quantities come from one product (one pass over ``Zc``).
+    The coordinates of all quantities come from one product (one pass over ``Zc``). When the
+    batch may be spread over several devices, the solution comes from the normal equations
+    (``pinv(S.T @ S) @ S.T @ Yc``, as :func:`~space_jax.solve_subspaces_from_moments`), whose
+    batch contractions need one all-reduce of ``(K, K + M)`` statistics, instead of a least
+    squares over the ``(B, K)`` coordinates, which would gather them on one device.
     """
     bases = {q: jnp.asarray(w) for q, w in W.items()}
     coords = zc @ jnp.concatenate(list(bases.values()), axis=0).T
+    if mesh_size(zc, *yc.values()) > 1:
+        return _decoders_from_normal_equations(bases, coords, yc)
     out, start = {}, 0
     for q, w in bases.items():
         k = w.shape[0]
         a = linalg.lstsq(coords[:, start : start + k], yc[q])
         out[q] = jax.lax.stop_gradient(a)
         start += k
+    return out
+
+
+def _decoders_from_normal_equations(bases: Mapping, coords: jax.Array, yc: Mapping) -> dict:
+    names = list(bases)
+    sizes = [bases[q].shape[0] for q in names]
+    stats = batch_contract(coords, jnp.concatenate([coords] + [yc[q] for q in names], axis=1))
+    out, start, col = {}, 0, sum(sizes)
+    for q, k in zip(names, sizes, strict=True):
+        normal = stats[start : start + k, start : start + k]
+        rhs = stats[start : start + k, col : col + yc[q].shape[1]]
+        a = pinv((normal + normal.T) / 2, hermitian=True) @ rhs
+        out[q] = jax.lax.stop_gradient(a)
+        start, col = start + k, col + yc[q].shape[1]
     return out
 
 
@@ -152,6 +179,7 @@ def _basis(u: jax.Array, k: int) -> jax.Array:
     return q.T
 
 
+@half_in_float32
 def principal_directions(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -183,6 +211,7 @@ def principal_directions(
     return out
 
 
+@half_in_float32
 def subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -214,6 +243,7 @@ def subspaces(
     return {q: _basis(left(c_q, **options)[0], ks[q]) for q, c_q in c.items()}
 
 
+@half_in_float32
 def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, jax.Array]:
     """Least-squares decoders from subspace coordinates to centered targets.
 
@@ -240,6 +270,7 @@ def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, j
     return _decoders(W, _center(Z), yc)
 
 
+@half_in_float32
 def solve_subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
