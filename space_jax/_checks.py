@@ -184,8 +184,19 @@ def check_finite(x, name: str) -> None:
     """Eager NaN/inf check for host-level entry points (never call under ``jit``)."""
     if isinstance(x, jax.core.Tracer):
         return
-    if not bool(np.all(np.isfinite(np.asarray(x)))):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # A global array spread over several processes: reduce it where it lives (one
+        # all-reduce of a flag) instead of fetching values this process does not hold.
+        finite = bool(_all_finite(x))
+    else:
+        finite = bool(np.all(np.isfinite(np.asarray(x))))
+    if not finite:
         raise ValueError(f"{name}: contains NaN or infinity")
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
 
 
 LOSS_TERMS = ("alignment", "disentanglement", "isotropy", "stability")
