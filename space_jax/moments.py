@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Iterable, Mapping
 
 import jax
@@ -38,9 +37,8 @@ from ._checks import (
     flatten_target,
 )
 from ._spmd import batch_contract, batch_first, batch_mean
-from .dims import _thresholds, bins_for_modes, explained_rank_from_gram
+from .dims import _avg_pool_matrix, _thresholds, bins_for_modes, explained_rank_from_gram
 from .linalg import Solver, full, gram
-from .pooling import pool
 from .subspaces import Space, _basis, _leading_pair, _mask_rows, _normal_decoders, _resolve_k
 
 __all__ = [
@@ -376,13 +374,6 @@ def k_per_q_from_moments(
     ks = {q: _rank(m.yy[q], ts[q]) for q in m.names}
     logger.info("subspace sizes from moments: %s", ks)
     return ks if per_quantity else max(ks.values())
-
-
-def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype) -> jax.Array:
-    """``P`` with ``pool(y, n_bins, "avg").reshape(B, -1) == y.reshape(B, -1) @ P``."""
-    size = math.prod(shape)
-    basis = jnp.eye(size, dtype=dtype).reshape((size, *shape))
-    return pool(basis, n_bins, "avg").reshape(size, -1)
 
 
 def solve_dims_from_moments(
