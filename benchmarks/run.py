@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="small,main,large", help="comma-separated: small,main,large")
     p.add_argument("--out", default="artifacts/bench", help="output folder")
     p.add_argument(
+        "--ops",
+        default=None,
+        help="comma-separated operation names to measure (default all), e.g. "
+        "'combined_loss fwd+bwd,solve_subspaces'",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: 3 rounds, small sweeps (numbers are not meaningful)",
@@ -217,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     max_seconds = args.max_seconds or (5.0 if args.quick else _MAX_SECONDS)
     min_rounds = 2 if args.quick else 3
+    ops = None if args.ops is None else tuple(o.strip() for o in args.ops.split(",") if o.strip())
     timing = {
         "pause_s": args.pause if args.pause is not None else (0.005 if args.quick else PAUSE_S),
         "block_s": args.block if args.block is not None else (0.005 if args.quick else BLOCK_S),
@@ -244,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_seconds=max_seconds,
             min_rounds=min_rounds,
             bridge=bridge,
+            which=ops,
             memory=not args.no_memory,
             timing=timing,
             log=log,
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.no_processes:
         log("benchmarks: headline rows in separate processes")
-        results["processes"] = _processes(names, args, bridge, timing, log)
+        results["processes"] = _processes(names, ops, args, bridge, timing, log)
 
     if bridge:
         log("benchmarks: bridge overhead")
@@ -311,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def _processes(names, args, bridge: bool, timing: dict, log) -> list[dict]:
+def _processes(names, ops, args, bridge: bool, timing: dict, log) -> list[dict]:
     """The headline rows of the requested sizes, each implementation in its own process
     (``--quick``: the first headline operation at the first size, as a smoke test)."""
     from . import core, problems, solo
@@ -321,7 +329,7 @@ def _processes(names, args, bridge: bool, timing: dict, log) -> list[dict]:
     rows = []
     headline = ((names[0], HEADLINE[0][1]),) if args.quick else HEADLINE
     for size, op in headline:
-        if size not in names:
+        if size not in names or (ops is not None and op not in ops):
             continue
         log(f"  {size}: {op} (separate processes)")
         which = impls + (list(core.BOUNDS) if op.startswith("combined_loss") else [])
