@@ -28,9 +28,9 @@ from pathlib import Path
 _OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 # Rounds per size, and the time after which an operation stops adding rounds.
-_ROUNDS = {"small": 9, "main": 7, "large": 5}
-_MAX_SECONDS = 40.0
-_SWEEP_ROUNDS = 4
+_ROUNDS = {"small": 5, "main": 5, "large": 4}
+_MAX_SECONDS = 30.0
+_SWEEP_ROUNDS = 3
 # Rows confirmed with every implementation in its own process, and their rounds.
 HEADLINE = (
     ("main", "combined_loss fwd+bwd"),
@@ -71,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds per operation (all sizes)")
     p.add_argument(
-        "--pause", type=float, default=None, help="seconds of idle before each block (0.1)"
+        "--pause", type=float, default=None, help="seconds of idle before each block (0.05)"
     )
-    p.add_argument("--block", type=float, default=None, help="seconds a block aims at (0.25)")
+    p.add_argument("--block", type=float, default=None, help="seconds a block aims at (0.2)")
     p.add_argument("--max-seconds", type=float, default=None, help="time cap per operation")
     p.add_argument("--sweep-B", type=_ints, default=None, help="batch sizes of the B sweep")
     p.add_argument("--sweep-D", type=_ints, default=None, help="latent dims of the D sweep")
