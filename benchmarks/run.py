@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-extras",
         action="store_true",
-        help="skip benchmarks.shared_space, benchmarks.sweep and benchmarks.streaming",
+        help="skip benchmarks.shared_space, benchmarks.sweep, benchmarks.breakdown and "
+        "benchmarks.streaming",
     )
     p.add_argument(
         "--xla-flags",
@@ -159,7 +160,7 @@ def _call_extra(module: str, calls: dict[str, tuple[tuple, dict]], log) -> dict:
 def _extras(sizes, quick: bool, log) -> dict:
     """The neighbour benchmarks, at the requested sizes they offer (only "small" when quick)."""
     out = {}
-    for module in ("shared_space", "sweep"):
+    for module in ("shared_space", "sweep", "breakdown"):
         mod, status = _import_extra(module)
         if mod is None:
             out[module] = {"all sizes": status}
