@@ -25,7 +25,7 @@ from ._checks import (
     check_positive_int,
     check_threshold,
 )
-from ._spmd import batch_contract, batch_mean, replicated
+from ._spmd import batch_contract, batch_first, batch_mean, replicated
 from .pooling import _check_mode, pool
 
 __all__ = [
@@ -78,7 +78,7 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     if jnp.dtype(yc.dtype) in HALF_DTYPES:
         yc = yc.astype(jnp.float32)
     # Shift by the first sample before centering: a constant column becomes exactly 0.
-    yc = yc - yc[:1]
+    yc = yc - batch_first(yc)
     yc = yc - batch_mean(yc, keepdims=True)
     peak = jnp.max(jnp.abs(yc))
     peak = jnp.where(peak > 0, peak, 1.0)
