@@ -384,3 +384,23 @@ def test_decompositions_bad_input():
         L.lstsq(jnp.eye(3), jnp.ones(3), rcond=-1.0)
     with pytest.raises(NotImplementedError, match="full_matrices=True"):
         jax.grad(lambda a: jnp.sum(L.svd(a, full_matrices=True)[1]))(jnp.eye(3))
+
+
+def test_gpu_lowering_keeps_the_batched_solvers():
+    """The platform is chosen when lowering: for CUDA (lowered here without a GPU) a vmapped
+    eigh and SVD are one batched cuSOLVER call each, no loop; for CPU a loop of unbatched calls."""
+
+    def lowered(fn, platform):
+        return (
+            jax.jit(jax.vmap(fn))
+            .trace(jnp.ones((4, 6, 6)))
+            .lower(lowering_platforms=(platform,))
+            .as_text()
+        )
+
+    for fn, kernel in ((sj.linalg.eigh, "cusolver_syevd"), (sj.linalg.svd, "cusolver_gesvd")):
+        cuda, cpu = lowered(fn, "cuda"), lowered(fn, "cpu")
+        calls = re.findall(r"custom_call @(\w+)\([^)]*\)[^\n]*?:\s*\(tensor<([^>]*)>", cuda)
+        assert any(kernel in name and shape.startswith("4x6x6") for name, shape in calls), calls
+        assert "stablehlo.while" not in cuda
+        assert "stablehlo.while" in cpu
