@@ -41,9 +41,8 @@ from ._checks import (
     half_in_float32,
 )
 from ._spmd import batch_contract, batch_first, batch_mean
-from .dims import _thresholds, bins_for_modes, explained_rank_from_gram
+from .dims import _avg_pool_matrix, _thresholds, bins_for_modes, explained_rank_from_gram
 from .linalg import Solver, full, gram
-from .pooling import pool
 from .subspaces import Space, _basis, _leading_pair, _mask_rows, _normal_decoders, _resolve_k
 
 __all__ = [
@@ -397,20 +396,6 @@ def k_per_q_from_moments(
     ks = {q: _rank(m.yy[q], ts[q]) for q in m.names}
     logger.info("subspace sizes from moments: %s", ks)
     return ks if per_quantity else max(ks.values())
-
-
-def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype, name: str) -> jax.Array:
-    """``P`` with ``pool(y, n_bins, "avg").reshape(B, -1) == y.reshape(B, -1) @ P``; a scalar
-    per sample (a 1-D target) is the series of length 1."""
-    shape = shape or (1,)
-    if len(shape) not in (1, 3):
-        raise ValueError(
-            f"{name}: per-sample target shape {shape} cannot be pooled; expected (S,) series or "
-            "(C, H, W) fields (targets (B, S) or (B, C, H, W))"
-        )
-    size = math.prod(shape)
-    basis = jnp.eye(size, dtype=dtype).reshape((size, *shape))
-    return pool(basis, n_bins, "avg", name=name).reshape(size, -1)
 
 
 def solve_dims_from_moments(
