@@ -25,7 +25,7 @@ from ._checks import (
     check_positive_int,
     check_threshold,
 )
-from ._spmd import batch_contract, batch_first, batch_mean, replicated
+from ._spmd import batch_contract, batch_first, batch_mean, batch_sum, replicated
 from .pooling import _check_mode, pool
 
 __all__ = [
@@ -48,6 +48,34 @@ def _as_matrix(y: jax.Array) -> jax.Array:
     if y.ndim == 1:
         return y[:, None]
     return y.reshape(y.shape[0], -1)
+
+
+def _unit_centered(y: jax.Array) -> jax.Array:
+    """The target as ``(B, m)``, centered and divided by its largest deviation (half precision
+    in float32): its Gram matrix can neither overflow nor underflow, and an absolute epsilon
+    on it is relative to the data. Shifted by the first sample before centering, so that a
+    constant column becomes exactly 0."""
+    yc = _as_matrix(y)
+    if jnp.dtype(yc.dtype) in HALF_DTYPES:
+        yc = yc.astype(jnp.float32)
+    yc = yc - batch_first(yc)
+    yc = yc - batch_mean(yc, keepdims=True)
+    peak = jnp.max(jnp.abs(yc))
+    yc = yc / jnp.where(peak > 0, peak, 1.0)
+    # Then to a largest column sum of squares of 1: the normalisation the moments' Gram
+    # matrices get (:func:`normalised_gram`), so both routes apply the same rule.
+    norm = jnp.sqrt(jnp.max(batch_sum(yc * yc)))
+    return yc / jnp.where(norm > 0, norm, 1.0)
+
+
+def normalised_gram(g: jax.Array) -> jax.Array:
+    """A target's Gram matrix divided by its largest diagonal entry (half precision in
+    float32), as :func:`explained_rank` normalises the target itself."""
+    g = as_float(g, "g")
+    if jnp.dtype(g.dtype) in HALF_DTYPES:
+        g = g.astype(jnp.float32)
+    top = jnp.max(jnp.diagonal(g))
+    return g / jnp.where(top > 0, top, 1.0)
 
 
 def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> jax.Array:
@@ -74,15 +102,7 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     if y.ndim == 0:
         raise ValueError("y: expected a batch of targets, got a scalar")
     check_nonempty_target(y, "y")
-    yc = _as_matrix(y)
-    if jnp.dtype(yc.dtype) in HALF_DTYPES:
-        yc = yc.astype(jnp.float32)
-    # Shift by the first sample before centering: a constant column becomes exactly 0.
-    yc = yc - batch_first(yc)
-    yc = yc - batch_mean(yc, keepdims=True)
-    peak = jnp.max(jnp.abs(yc))
-    peak = jnp.where(peak > 0, peak, 1.0)
-    yc = yc / peak
+    yc = _unit_centered(y)
     eps = _EPS  # relative to the largest deviation: the rank does not depend on units
     if yc.shape[0] >= yc.shape[1]:
         return _rank_from_gram(batch_contract(yc, yc), threshold, eps)
@@ -301,8 +321,7 @@ def _target_grams(ys: tuple) -> tuple:
     """``Yc.T @ Yc`` of every (flattened, centered) target: one compiled call for all."""
     out = []
     for y in ys:
-        yc = _as_matrix(y)
-        yc = yc - batch_mean(yc, keepdims=True)
+        yc = _unit_centered(y)  # the ranks are scale-free: the same spectra as explained_rank
         out.append(batch_contract(yc, yc))
     return tuple(out)
 
@@ -337,7 +356,7 @@ def _solve_dims_from_grams(Y, max_bins, bin_ts, k_ts, pool_per_quantity, k_per_q
         if y.ndim not in (2, 4) or y.shape[0] < math.prod(y.shape[1:]):
             return None
     ys = tuple(Y[q] for q in names)
-    dtype = jnp.result_type(*ys)
+    dtype = jnp.result_type(*ys, jnp.float32)
     grams = _target_grams(ys)
     ranks = _gram_ranks(grams, jnp.asarray([bin_ts[q] for q in names], dtype))
     bins = {}

@@ -41,7 +41,13 @@ from ._checks import (
     half_in_float32,
 )
 from ._spmd import batch_contract, batch_first, batch_mean
-from .dims import _avg_pool_matrix, _thresholds, bins_for_modes, explained_rank_from_gram
+from .dims import (
+    _avg_pool_matrix,
+    _thresholds,
+    bins_for_modes,
+    explained_rank_from_gram,
+    normalised_gram,
+)
 from .linalg import Solver, full, gram
 from .subspaces import Space, _basis, _leading_pair, _mask_rows, _normal_decoders, _resolve_k
 
@@ -368,6 +374,7 @@ def _host_moments(m, name: str = "m") -> Moments:
 
 
 def _rank(g: jax.Array, t: float) -> int:
+    g = normalised_gram(g)  # the rule of k_per_q on the data: scale-free, no overflow
     return int(_explained_rank_of_gram_jit(g, jnp.asarray(t, g.dtype)))
 
 
