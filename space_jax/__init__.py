@@ -6,6 +6,7 @@ Every array function is jittable, differentiable and vmappable; configuration (s
 
 import logging
 
+from . import linalg  # sj.linalg.eigh, svd, lstsq, ...: batch-safe decompositions
 from .dims import (
     align_latent_dim,
     bins_for_modes,
@@ -82,6 +83,7 @@ __all__ = [
     "k_per_q",
     "k_per_q_from_moments",
     "left",
+    "linalg",
     "merge_moments",
     "minimal_latent_dim",
     "moments",

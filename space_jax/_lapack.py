@@ -35,8 +35,27 @@ from jax.custom_batching import custom_vmap
 __all__ = ["eigh", "lu_factor", "lu_solve", "solve_triangular", "svd"]
 
 
+def _half_in_float32(fn: Callable) -> Callable:
+    """``fn`` computed in float32 for float16/bfloat16 arguments (LAPACK has no half-precision
+    kernels), its floating results cast back to the arguments' dtype."""
+    half = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        dtype = next((jnp.dtype(a.dtype) for a in args if jnp.dtype(a.dtype) in half), None)
+        if dtype is None:
+            return fn(*args)
+        out = fn(*(a.astype(jnp.float32) if jnp.dtype(a.dtype) in half else a for a in args))
+        return jax.tree_util.tree_map(
+            lambda o: o.astype(dtype) if jnp.issubdtype(o.dtype, jnp.floating) else o, out
+        )
+
+    return wrapped
+
+
 def _batch_safe(fn: Callable) -> Callable:
     """``fn`` (unbatched, array arguments only) with the batching rule described above."""
+    fn = _half_in_float32(fn)
     f = custom_vmap(fn)
 
     @f.def_vmap

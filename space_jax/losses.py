@@ -43,7 +43,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._checks import as_float, check_keys, check_latents, check_positive_int, flatten_target
+from ._checks import (
+    as_float,
+    check_keys,
+    check_latents,
+    check_loss_weights,
+    check_positive_int,
+    flatten_target,
+)
 from ._spmd import batch_contract, batch_max, batch_mean
 from .linalg import _residual_gram_eigh, _residual_gram_vjp_parts, gram
 
@@ -360,8 +367,9 @@ def combined_loss(
       Y: ``{q: (B, ...)}`` targets.
       W_prev: previous bases or None (no stability term).
       n_dir: leading singular values used by the isotropy term (static).
-      weights: :class:`LossWeights` (or a 4-tuple) for alignment, disentanglement, isotropy and
-        stability; default 1 each, which equals spacelearn's ``combined_loss``.
+      weights: :class:`LossWeights`, a sequence of exactly 4 or a dict by term name (missing
+        terms 1) for alignment, disentanglement, isotropy and stability; default 1 each, which
+        equals spacelearn's ``combined_loss``. Any other length raises ``ValueError``.
       order: quantity order of the disentanglement pairs (static); default sorted names.
 
     Returns:
@@ -373,7 +381,7 @@ def combined_loss(
     names, w_all, sizes = _bases(W, Z.shape[1])
     check_keys("W", W, "A", A)
     check_keys("W", W, "Y", Y)
-    weights = LossWeights() if weights is None else LossWeights(*weights)
+    weights = LossWeights(*check_loss_weights(weights))
     coords, lam, scale = _batch_statistics(Z, w_all, _n_eigvals(n_dir, Z.shape), True)
     bases = [W[q] for q in names]
     terms = (

@@ -26,7 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from . import linalg
-from ._checks import check_keys, check_latents, check_positive_int, flatten_target
+from ._checks import (
+    check_keys,
+    check_latents,
+    check_positive_int,
+    flatten_target,
+    half_in_float32,
+)
 from ._spmd import batch_contract, batch_mean
 from .linalg import Solver, full, left, pinv
 from .losses import _scaled_center
@@ -191,6 +197,7 @@ def _basis(u: jax.Array, k: int) -> jax.Array:
     return q.T
 
 
+@half_in_float32
 def principal_directions(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -222,6 +229,7 @@ def principal_directions(
     return out
 
 
+@half_in_float32
 def subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -253,6 +261,7 @@ def subspaces(
     return {q: _basis(left(c_q, **options)[0], ks[q]) for q, c_q in c.items()}
 
 
+@half_in_float32
 def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, jax.Array]:
     """Least-squares decoders from subspace coordinates to centered targets.
 
@@ -280,6 +289,7 @@ def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, j
     return _decoders(W, zs, scale, yc)
 
 
+@half_in_float32
 def solve_subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,

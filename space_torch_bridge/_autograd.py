@@ -1,42 +1,47 @@
-"""Running a JAX function on torch tensors, with torch autograd through it.
+"""Running a JAX function on torch tensors as a torch custom op, with torch autograd through it.
 
-The bridge's one autograd module. :func:`call` takes a JAX function and its arguments as they
-came from the user (pytrees of torch tensors: ``Z``, dicts ``W``, ``A``, ``Y``, ``W_prev``) and
+The bridge's one autograd module. :func:`call` takes a JAX function's arguments as they came
+from the user (tensors, and dicts ``W``, ``A``, ``Y``, ``W_prev`` of tensors) and
 
-1. flattens the arguments into leaves (dicts keep their order: it is the quantity order) and
-   checks them: floating dtype and one device, with errors that name the leaf (``Y['field']``);
-2. runs ONE jitted XLA call that returns the outputs and a finiteness flag per input, so NaN/inf
-   inputs are refused before anything is returned. Compiled functions are cached per argument
-   structure, static arguments and grad mask (here) and per shapes/dtypes (by ``jax.jit``), so
-   a training loop compiles once; :func:`trace_count` counts the traces;
-3. for a loss (scalar output) computes, in that same call, the gradients of exactly the leaves
-   that require grad; ``backward`` only scales them by the incoming gradient. For other
-   functions (pooling, SVDs, bases) ``backward`` runs a second jitted call, the VJP;
-4. returns torch tensors on the inputs' device, in the inputs' promoted dtype.
+1. flattens them into one list of tensors plus a *spec* string (:mod:`._spec`: the label, the
+   dict keys, the static keywords with their types) and checks them on every call, before any
+   cache is consulted: floating dtype, one device, static keywords of the right type and range;
+2. calls the label's torch custom op (``torch.ops.space_torch_bridge.<label>``). The op runs ONE
+   jitted XLA call that returns the outputs and a finiteness flag per input, so NaN/inf inputs
+   are refused before anything is returned. Compiled functions are cached per spec and grad
+   mask (here) and per shapes/dtypes (by ``jax.jit``); :func:`trace_count` counts the traces;
+3. for a loss the op also returns, from that same call, the gradients of exactly the leaves
+   that require grad, and its registered backward only scales them by the incoming gradient
+   (no work at all when that is 1). Other functions (pooling, SVDs, bases) have a second op,
+   ``<label>_vjp``, that their backward calls;
+4. rebuilds the result's dicts and tuples around the op's tensors (on the inputs' device, in
+   their promoted dtype).
 
-None of the autograd machinery runs under ``torch.no_grad()`` or when no input requires grad:
-then it is the plain jitted call. Gradients are first order: differentiating them again raises
-an error that says so.
+Because every step outside the ops is plain Python on tensors, dicts and constants, and every
+op has a fake (shape-only) implementation and a registered backward, ``torch.compile`` traces
+training steps that call the bridge, with ``fullgraph=True`` too. Gradients are first order:
+differentiating them again raises an error that says so.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
-from space_torch_bridge import _convert
+from space_torch_bridge import _convert, _spec
 
-__all__ = ["call", "check_tensors", "host_call", "trace_count"]
+__all__ = ["call", "check_tensors", "host_call", "register", "trace_count"]
 
 _trace_counts: collections.Counter[str] = collections.Counter()
+_learned_outputs: dict[str, Any] = {}  # spec -> output structure, for specs that leave it open
 
 
 def trace_count(label: str | None = None) -> int:
@@ -44,76 +49,6 @@ def trace_count(label: str | None = None) -> int:
     if label is None:
         return sum(_trace_counts.values())
     return _trace_counts[label]
-
-
-# --- argument trees --------------------------------------------------------------------------
-
-
-@jax.tree_util.register_pytree_with_keys_class
-class _Ordered:
-    """A dict as a pytree node that keeps its key order (JAX's dict nodes sort their keys)."""
-
-    __slots__ = ("keys", "values")
-
-    def __init__(self, keys: tuple, values: Sequence):
-        self.keys, self.values = keys, tuple(values)
-
-    def tree_flatten_with_keys(self):
-        pairs = zip(self.keys, self.values, strict=True)
-        return [(jax.tree_util.DictKey(k), v) for k, v in pairs], self.keys
-
-    def tree_flatten(self):
-        return self.values, self.keys
-
-    @classmethod
-    def tree_unflatten(cls, keys, values):
-        return cls(keys, values)
-
-
-def _ordered(tree: Any) -> Any:
-    """Replaces every mapping in a nest of mappings, tuples and lists by an :class:`_Ordered`."""
-    if isinstance(tree, Mapping):
-        return _Ordered(tuple(tree), [_ordered(v) for v in tree.values()])
-    if isinstance(tree, tuple | list):
-        children = [_ordered(v) for v in tree]
-        return type(tree)(*children) if hasattr(tree, "_fields") else type(tree)(children)
-    return tree
-
-
-def _plain(tree: Any) -> Any:
-    """The inverse of :func:`_ordered`."""
-    if isinstance(tree, _Ordered):
-        return {k: _plain(v) for k, v in zip(tree.keys, tree.values, strict=True)}
-    if isinstance(tree, tuple | list):
-        children = [_plain(v) for v in tree]
-        return type(tree)(*children) if hasattr(tree, "_fields") else type(tree)(children)
-    return tree
-
-
-def _freeze(value: Any) -> Hashable:
-    """A hashable stand-in for a static argument (mappings keep their order)."""
-    if isinstance(value, Mapping):
-        return ("mapping", tuple((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple):
-        return (type(value).__name__, tuple(_freeze(v) for v in value))
-    return value
-
-
-def _flatten(args: Sequence[Any], names: Sequence[str], label: str):
-    """Tensor leaves of the positional arguments: ``(treedef, names, tensors)``.
-
-    Arguments are tensors, None, or dicts/tuples/lists of tensors; anything else (a NumPy
-    array, a list of floats) is refused here rather than failing somewhere inside JAX.
-    """
-    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(_ordered(tuple(args)))
-    leaf_names, tensors = [], []
-    for path, leaf in path_leaves:
-        name = names[path[0].idx] + jax.tree_util.keystr(tuple(path[1:]))
-        if not isinstance(leaf, torch.Tensor):
-            raise TypeError(f"{label}: {name} must be a torch.Tensor, got {type(leaf).__name__}")
-        leaf_names.append(name)
-        tensors.append(leaf)
-    return treedef, leaf_names, tensors
 
 
 def check_tensors(tensors: Sequence[torch.Tensor], names: Sequence[str], label: str) -> None:
@@ -128,74 +63,82 @@ def check_tensors(tensors: Sequence[torch.Tensor], names: Sequence[str], label: 
             )
 
 
-# --- compiled functions ----------------------------------------------------------------------
+# --- the JAX side: one jitted function per spec ----------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Signature:
-    """What XLA sees as static in a call; the cache key of its compiled functions."""
-
-    fn: Callable
-    label: str
-    treedef: Any
-    static_kwargs: Hashable
-    static_kwargs_value: Any = dataclasses.field(compare=False, hash=False)
-
-    def apply(self, tensors: Sequence[jax.Array], extras: Mapping[str, jax.Array]) -> Any:
-        """The JAX function; ``tensors`` are widened to one floating dtype first."""
-        _trace_counts[self.label] += 1
-        dtype = jnp.result_type(*tensors)
-        leaves = [x.astype(dtype) for x in tensors]
-        args = _plain(jax.tree_util.tree_unflatten(self.treedef, leaves))
-        return _ordered(self.fn(*args, **extras, **self.static_kwargs_value))
+def _apply(spec: _spec.Spec, arrays: Sequence[jax.Array], key: Any, *, count: bool = True):
+    """The JAX function on the leaves; they are widened to one floating dtype first."""
+    if count:
+        _trace_counts[spec.label] += 1
+    dtype = jnp.result_type(*arrays)
+    args = spec.arguments([x.astype(dtype) for x in arrays])
+    kwargs = dict(spec.static)
+    if spec.takes_key:
+        kwargs["key"] = key
+    return spec.fn(*args, **kwargs)
 
 
-def _all_finite(tensors: Sequence[jax.Array]) -> jax.Array:
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in tensors])
+def _output_leaves(spec: _spec.Spec, out: Any) -> list:
+    structure = spec.output
+    if structure is None:  # learned while tracing, for the wrapper to rebuild the result
+        structure = _learned_outputs.setdefault(spec.text, _spec.structure_of(out))
+    leaves: list = []
+    try:
+        _spec.select(out, structure, leaves)
+    except TypeError as e:  # a bug in a bridge entry point, never a user error
+        raise RuntimeError(f"space_torch_bridge.{spec.label}: unexpected result: {e}") from None
+    return leaves
 
 
-def _merge(tensors, wrt, grad_mask):
+def _all_finite(arrays: Sequence[jax.Array]) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays])
+
+
+def _merge(arrays, wrt, grad_mask):
     it = iter(wrt)
-    return [next(it) if m else x for x, m in zip(tensors, grad_mask, strict=True)]
+    return [next(it) if m else x for x, m in zip(arrays, grad_mask, strict=True)]
 
 
 @functools.cache
-def _value_fn(sig: _Signature) -> Callable:
-    """jit: ``(tensors, extras) -> (outputs, finite flag per tensor)``."""
+def _value_fn(text: str) -> Callable:
+    """jit: ``(arrays, key) -> (output leaves, finite flag per array)``."""
+    spec = _spec.parse(text)
 
-    def value(tensors, extras):
-        return sig.apply(tensors, extras), _all_finite(tensors)
+    def value(arrays, key):
+        return _output_leaves(spec, _apply(spec, arrays, key)), _all_finite(arrays)
 
     return jax.jit(value)
 
 
 @functools.cache
-def _value_and_grad_fn(sig: _Signature, grad_mask: tuple[bool, ...]) -> Callable:
-    """jit: ``(tensors, extras) -> (loss, gradients of the masked tensors, finite flags)``."""
+def _value_and_grad_fn(text: str, grad_mask: tuple[bool, ...]) -> Callable:
+    """jit: ``(arrays, key) -> (loss, gradients of the masked arrays, finite flags)``."""
+    spec = _spec.parse(text)
 
-    def value_and_grad(tensors, extras):
+    def value_and_grad(arrays, key):
         def loss_of(wrt):
-            loss = sig.apply(_merge(tensors, wrt, grad_mask), extras)
+            loss = _apply(spec, _merge(arrays, wrt, grad_mask), key)
             if jnp.ndim(loss) != 0:
-                raise TypeError(f"{sig.label}: expected a scalar loss, got shape {jnp.shape(loss)}")
+                raise TypeError(f"{spec.label}: expected a scalar loss, got shape {jnp.shape(loss)}")
             return loss
 
-        wrt = [x for x, m in zip(tensors, grad_mask, strict=True) if m]
+        wrt = [x for x, m in zip(arrays, grad_mask, strict=True) if m]
         loss, grads = jax.value_and_grad(loss_of)(wrt)
-        return loss, grads, _all_finite(tensors)
+        return loss, grads, _all_finite(arrays)
 
     return jax.jit(value_and_grad)
 
 
 @functools.cache
-def _vjp_fn(sig: _Signature, grad_mask: tuple[bool, ...]) -> Callable:
-    """jit: ``(tensors, extras, output cotangents) -> gradients of the masked tensors``."""
+def _vjp_fn(text: str, grad_mask: tuple[bool, ...]) -> Callable:
+    """jit: ``(arrays, key, output cotangents) -> gradients of the masked arrays``."""
+    spec = _spec.parse(text)
 
-    def vjp(tensors, extras, cotangents):
+    def vjp(arrays, key, cotangents):
         def outputs_of(wrt):
-            return jax.tree_util.tree_leaves(sig.apply(_merge(tensors, wrt, grad_mask), extras))
+            return _output_leaves(spec, _apply(spec, _merge(arrays, wrt, grad_mask), key))
 
-        wrt = [x for x, m in zip(tensors, grad_mask, strict=True) if m]
+        wrt = [x for x, m in zip(arrays, grad_mask, strict=True) if m]
         outs, pullback = jax.vjp(outputs_of, wrt)
         cotangents = [c.astype(o.dtype) for c, o in zip(cotangents, outs, strict=True)]
         return pullback(cotangents)[0]
@@ -203,65 +146,121 @@ def _vjp_fn(sig: _Signature, grad_mask: tuple[bool, ...]) -> Callable:
     return jax.jit(vjp)
 
 
-# --- one call --------------------------------------------------------------------------------
+# --- between torch and JAX, inside the ops ---------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Call:
-    """One call of a JAX function on torch tensors: its checked leaves and how to convert."""
+def _key(seed: torch.Tensor | None):
+    return None if seed is None else jax.random.key(int(seed))
 
-    sig: _Signature
-    tensors: list[torch.Tensor]
-    names: list[str]
-    extras: dict[str, jax.Array]
-    out_like: torch.Tensor  # an empty tensor with the result's device and dtype
-    out_treedef: Any = None
 
-    def to_jax(self, tensors: Sequence[torch.Tensor]) -> list[jax.Array]:
-        return [_convert.to_jax(t, name=n) for t, n in zip(tensors, self.names, strict=True)]
+def _to_jax(spec: _spec.Spec, leaves: Sequence[torch.Tensor]) -> list[jax.Array]:
+    return [_convert.to_jax(t, name=n) for t, n in zip(leaves, spec.leaf_names, strict=True)]
 
-    def check_finite(self, flags: jax.Array) -> None:
-        ok = np.asarray(flags)
-        if not ok.all():
-            bad = [n for n, f in zip(self.names, ok, strict=True) if not f]
-            raise ValueError(
-                f"{self.sig.label}: {', '.join(bad)} contains NaN or infinity; "
-                "the bridge refuses non-finite inputs"
+
+def _check_finite(spec: _spec.Spec, flags: jax.Array) -> None:
+    ok = np.asarray(flags)
+    if not ok.all():
+        bad = [n for n, f in zip(spec.leaf_names, ok, strict=True) if not f]
+        raise ValueError(
+            f"{spec.label}: {', '.join(bad)} contains NaN or infinity; "
+            "the bridge refuses non-finite inputs"
+        )
+
+
+def _fresh(out: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``out``, or a copy where it shares memory with an input (a custom op's outputs must not
+    alias its inputs; ``jax.jit`` hands an unchanged input back as its own buffer)."""
+    if out.numel() and any(
+        t.numel() and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+        for t in inputs
+    ):
+        return out.clone()
+    return out
+
+
+def _outputs_to_torch(arrays, leaves, like: torch.Tensor) -> list[torch.Tensor]:
+    return [_fresh(_convert.to_torch(x, like), leaves) for x in arrays]
+
+
+def _grads_to_torch(grads, leaves, grad_mask, others=()) -> list[torch.Tensor]:
+    """Gradients of the masked leaves, each in its leaf's dtype."""
+    masked = [t for t, m in zip(leaves, grad_mask, strict=True) if m]
+    inputs = [*leaves, *others]
+    return [_fresh(_convert.to_torch(g, like=t), inputs) for g, t in zip(grads, masked, strict=True)]
+
+
+def _like(leaves: Sequence[torch.Tensor]) -> torch.Tensor:
+    """An empty tensor with the results' device and dtype."""
+    return torch.empty((), dtype=_convert.result_dtype(leaves), device=leaves[0].device)
+
+
+def _loss_impl(leaves, seed, spec_text, grad_mask):
+    spec = _spec.parse(spec_text)
+    grad_mask = tuple(grad_mask)
+    with _convert.precision_scope(*leaves):
+        arrays = _to_jax(spec, leaves)
+        if any(grad_mask):
+            loss, grads, flags = _value_and_grad_fn(spec_text, grad_mask)(arrays, _key(seed))
+        else:
+            (loss,), flags = _value_fn(spec_text)(arrays, _key(seed))
+            grads = []
+        _check_finite(spec, flags)
+        (out,) = _outputs_to_torch([loss], leaves, _like(leaves))
+        return [out, *_grads_to_torch(grads, leaves, grad_mask)]
+
+
+def _loss_fake(leaves, seed, spec_text, grad_mask):
+    dtype = _convert.result_dtype(leaves)
+    grads = [t.new_empty(t.shape) for t, m in zip(leaves, grad_mask, strict=True) if m]
+    return [leaves[0].new_empty((), dtype=dtype), *grads]
+
+
+def _function_impl(leaves, seed, spec_text, grad_mask):
+    spec = _spec.parse(spec_text)
+    with _convert.precision_scope(*leaves):
+        outs, flags = _value_fn(spec_text)(_to_jax(spec, leaves), _key(seed))
+        _check_finite(spec, flags)
+        return _outputs_to_torch(outs, leaves, _like(leaves))
+
+
+def _torch_dtype(dtype, like: torch.Tensor) -> torch.dtype:
+    if jnp.issubdtype(dtype, jnp.floating):
+        return like.dtype
+    return getattr(torch, jnp.dtype(dtype).name)
+
+
+def _function_fake(leaves, seed, spec_text, grad_mask):
+    spec = _spec.parse(spec_text)
+    like = _like(leaves)
+    with _convert.precision_scope(*leaves):
+        avals = [
+            jax.ShapeDtypeStruct(
+                tuple(int(d) for d in t.shape), _convert.jax_dtype(_convert.compute_dtype(t.dtype))
             )
-
-    def outputs_to_torch(self, out: Any) -> list[torch.Tensor]:
-        leaves, self.out_treedef = jax.tree_util.tree_flatten(out)
-        return [_convert.to_torch(x, self.out_like) for x in leaves]
-
-    def grads_to_torch(self, grads, grad_mask) -> list[torch.Tensor | None]:
-        it = iter(grads)
-        return [
-            _convert.to_torch(next(it), like=t) if m else None
-            for t, m in zip(self.tensors, grad_mask, strict=True)
+            for t in leaves
         ]
-
-    def forward(self) -> list[torch.Tensor]:
-        """The outputs, without gradients."""
-        with _convert.precision_scope(*self.tensors):
-            out, flags = _value_fn(self.sig)(self.to_jax(self.tensors), self.extras)
-            self.check_finite(flags)
-            return self.outputs_to_torch(out)
+        key = jax.random.key(0) if spec.takes_key else None
+        out = jax.eval_shape(lambda a, k: _apply(spec, a, k, count=False), avals, key)
+        shapes = _output_leaves(spec, out)
+    device = leaves[0].device
+    return [torch.empty(s.shape, dtype=_torch_dtype(s.dtype, like), device=device) for s in shapes]
 
 
-def _prepare(fn, args, names, static, extras, label) -> _Call:
-    treedef, tensor_names, tensors = _flatten(args, names, label)
-    if not tensors:
-        raise TypeError(f"{label}: expected torch tensors, got none")
-    check_tensors(tensors, tensor_names, label)
-    sig = _Signature(
-        fn=fn,
-        label=label,
-        treedef=treedef,
-        static_kwargs=_freeze(dict(static)),
-        static_kwargs_value=dict(static),
-    )
-    out_like = torch.empty((), dtype=_convert.result_dtype(tensors), device=tensors[0].device)
-    return _Call(sig, tensors, tensor_names, dict(extras), out_like)
+def _vjp_impl(leaves, seed, cotangents, spec_text, grad_mask):
+    spec = _spec.parse(spec_text)
+    grad_mask = tuple(grad_mask)
+    with _convert.precision_scope(*leaves, *cotangents):
+        arrays = _to_jax(spec, leaves)
+        cts = [
+            _convert.to_jax(g, name=f"gradient of {spec.label} output {i}")
+            for i, g in enumerate(cotangents)
+        ]
+        grads = _vjp_fn(spec_text, grad_mask)(arrays, _key(seed), cts)
+        return _grads_to_torch(grads, leaves, grad_mask, cotangents)
+
+
+def _vjp_fake(leaves, seed, cotangents, spec_text, grad_mask):
+    return [t.new_empty(t.shape) for t, m in zip(leaves, grad_mask, strict=True) if m]
 
 
 # --- torch autograd --------------------------------------------------------------------------
@@ -285,63 +284,121 @@ class _SecondOrderRefused(torch.autograd.Function):
 
 
 def _refuse_second_order(label: str, grads: list, inputs: Sequence[torch.Tensor]) -> list:
-    """With ``create_graph=True``, ties the gradients to the inputs through a refusing node."""
-    if not torch.is_grad_enabled():
+    """With ``create_graph=True`` (eager), ties the gradients to the inputs through a refusing
+    node. Compiled graphs need nothing: AOTAutograd refuses double backward itself."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not grads:
         return grads
-    present = [g for g in grads if g is not None]
-    refused = iter(_SecondOrderRefused.apply(label, len(present), *present, *inputs))
-    return [None if g is None else next(refused) for g in grads]
+    return list(_SecondOrderRefused.apply(label, len(grads), *grads, *inputs))
 
 
-class JaxLoss(torch.autograd.Function):
-    """A scalar JAX function whose one forward call also returns the needed gradients."""
-
-    @staticmethod
-    def forward(ctx, call: _Call, grad_mask: tuple[bool, ...], *tensors):
-        with _convert.precision_scope(*tensors):
-            fn = _value_and_grad_fn(call.sig, grad_mask)
-            loss, grads, flags = fn(call.to_jax(tensors), call.extras)
-            call.check_finite(flags)
-            (out,) = call.outputs_to_torch(loss)
-            torch_grads = [g for g in call.grads_to_torch(grads, grad_mask) if g is not None]
-        inputs = [t for t, m in zip(tensors, grad_mask, strict=True) if m]
-        ctx.label, ctx.n_grads, ctx.grad_mask = call.sig.label, len(torch_grads), grad_mask
-        ctx.save_for_backward(*torch_grads, *inputs)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        saved = ctx.saved_tensors
-        grads, inputs = saved[: ctx.n_grads], saved[ctx.n_grads :]
-        scaled = [g * grad_output.to(g.dtype) for g in grads]
-        scaled = iter(_refuse_second_order(ctx.label, scaled, inputs))
-        return (None, None, *(next(scaled) if m else None for m in ctx.grad_mask))
+def _scaled(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """``grad * grad_output``, without the ``B x D`` product where ``grad_output`` is 1 (the
+    usual ``loss.backward()``; checked on the CPU only, where reading it costs no sync, and
+    only on a plain tensor: a traced one, fake or functional, gets the product)."""
+    if (
+        type(grad_output) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and _current_dispatch_mode() is None
+        and grad_output.device.type == "cpu"
+        and grad_output.numel() == 1
+        and grad_output.item() == 1.0
+    ):
+        return grad
+    return grad * grad_output.to(grad.dtype)
 
 
-class JaxFunction(torch.autograd.Function):
-    """Any JAX function: forward is one jitted call, backward one jitted VJP call."""
+def _loss_setup(ctx, inputs, output):
+    leaves, _, spec_text, grad_mask = inputs
+    ctx.label = spec_text  # parsed only if an error message needs it
+    ctx.grad_mask = tuple(grad_mask)
+    ctx.n_grads = len(output) - 1
+    kept = [] if torch.compiler.is_compiling() else [t for t, m in zip(leaves, grad_mask) if m]
+    ctx.save_for_backward(*output[1:], *kept)
 
-    @staticmethod
-    def forward(ctx, call: _Call, grad_mask: tuple[bool, ...], *tensors):
-        outputs = call.forward()
-        ctx.call, ctx.grad_mask = call, grad_mask
-        ctx.save_for_backward(*tensors)
-        return tuple(outputs)
 
-    @staticmethod
-    def backward(ctx, *grad_outputs):
-        call, grad_mask = ctx.call, ctx.grad_mask
-        tensors = ctx.saved_tensors
-        with _convert.precision_scope(*tensors, *grad_outputs):
-            cotangents = [
-                _convert.to_jax(g, name=f"gradient of {call.sig.label} output {i}")
-                for i, g in enumerate(grad_outputs)
-            ]
-            fn = _vjp_fn(call.sig, grad_mask)
-            grads = fn(call.to_jax(tensors), call.extras, cotangents)
-            torch_grads = call.grads_to_torch(grads, grad_mask)
-        inputs = [t for t, m in zip(tensors, grad_mask, strict=True) if m]
-        return (None, None, *_refuse_second_order(call.sig.label, torch_grads, inputs))
+def _loss_backward(ctx, grad_outputs):
+    saved = ctx.saved_tensors
+    grads, inputs = saved[: ctx.n_grads], saved[ctx.n_grads :]
+    grad_output = grad_outputs[0]
+    scaled = [_scaled(g, grad_output) for g in grads]
+    scaled = iter(_refuse_second_order(_spec.parse(ctx.label).label, scaled, inputs))
+    return [next(scaled) if m else None for m in ctx.grad_mask], None, None, None
+
+
+def _function_setup(ctx, inputs, output):
+    leaves, seed, spec_text, grad_mask = inputs
+    ctx.spec_text, ctx.grad_mask = spec_text, tuple(grad_mask)
+    ctx.outputs = [(o.shape, o.dtype, o.device) for o in output]
+    ctx.n_leaves = len(leaves)
+    ctx.save_for_backward(*leaves, *([] if seed is None else [seed]))
+
+
+def _function_backward(ctx, grad_outputs):
+    saved = ctx.saved_tensors
+    leaves, seed = list(saved[: ctx.n_leaves]), (saved[ctx.n_leaves :] or [None])[0]
+    cotangents = [
+        torch.zeros(shape, dtype=dtype, device=device) if g is None else g
+        for g, (shape, dtype, device) in zip(grad_outputs, ctx.outputs, strict=True)
+    ]
+    spec = _spec.parse(ctx.spec_text)
+    grads = _OPS[(spec.op, "vjp")](leaves, seed, cotangents, ctx.spec_text, list(ctx.grad_mask))
+    inputs = [t for t, m in zip(leaves, ctx.grad_mask, strict=True) if m]
+    grads = iter(_refuse_second_order(spec.label, list(grads), inputs))
+    return [next(grads) if m else None for m in ctx.grad_mask], None, None, None
+
+
+# --- the custom ops --------------------------------------------------------------------------
+
+_NAMESPACE = "space_torch_bridge"
+_OPS: dict[tuple[str, str], Any] = {}  # (op name, kind) -> torch.ops overload
+_KIND_SCHEMAS = {
+    "loss": "(Tensor[] leaves, Tensor? seed, str spec, bool[] grad_mask) -> Tensor[]",
+    "function": "(Tensor[] leaves, Tensor? seed, str spec, bool[] grad_mask) -> Tensor[]",
+    "vjp": (
+        "(Tensor[] leaves, Tensor? seed, Tensor[] cotangents, str spec, bool[] grad_mask) "
+        "-> Tensor[]"
+    ),
+}
+# JAX runs on its own streams, outside any CUDA graph torch could capture.
+_TAGS = tuple(getattr(torch.Tag, t) for t in ("cudagraph_unsafe",) if hasattr(torch.Tag, t))
+
+
+def _define(name: str, kind: str, impl: Callable, fake: Callable):
+    def run(*args):
+        return impl(*args)
+
+    op = torch.library.custom_op(
+        f"{_NAMESPACE}::{name}", run, mutates_args=(), schema=_KIND_SCHEMAS[kind], tags=_TAGS
+    )
+    op.register_fake(fake)
+    return op
+
+
+def register(op_name: str, fn: Callable, *, loss: bool, differentiable: bool = True) -> None:
+    """Binds ``op_name`` to the JAX function ``fn`` and defines its custom op(s):
+    ``space_torch_bridge::<op_name>``, and ``<op_name>_vjp`` for a differentiable non-loss
+    function (a non-differentiable one has no backward: the bridge detaches its inputs)."""
+    _spec.register_function(op_name, fn)
+    kind = "loss" if loss else "function"
+    if (op_name, kind) in _OPS:
+        return
+    if any(key[0] == op_name for key in _OPS):
+        raise ValueError(f"space_torch_bridge: {op_name!r} is already a custom op of another kind")
+    if loss:
+        op = _define(op_name, "loss", _loss_impl, _loss_fake)
+        op.register_autograd(_loss_backward, setup_context=_loss_setup)
+    else:
+        op = _define(op_name, "function", _function_impl, _function_fake)
+        if differentiable:
+            _define(f"{op_name}_vjp", "vjp", _vjp_impl, _vjp_fake)
+            _OPS[(op_name, "vjp")] = getattr(getattr(torch.ops, _NAMESPACE), f"{op_name}_vjp").default
+            op.register_autograd(_function_backward, setup_context=_function_setup)
+    _OPS[(op_name, kind)] = getattr(getattr(torch.ops, _NAMESPACE), op_name).default
+
+
+def op(op_name: str, kind: str = "loss"):
+    """The ``torch.ops`` overload of a registered op (``kind``: loss, function or vjp)."""
+    return _OPS[(op_name, kind)]
 
 
 # --- entry points ----------------------------------------------------------------------------
@@ -354,36 +411,55 @@ def call(
     names: Sequence[str],
     label: str,
     static: Mapping[str, Any] | None = None,
-    extras: Mapping[str, jax.Array] | None = None,
+    seed: torch.Tensor | None = None,
     loss: bool = False,
     differentiable: bool = True,
+    output: Any = None,
+    op_name: str | None = None,
 ) -> Any:
-    """Runs ``fn(*args, **extras, **static)``, a jittable JAX function, on torch tensors.
+    """Runs ``fn(*args, **static)``, a jittable JAX function, on torch tensors, as a custom op.
 
     Args:
-      fn: a jittable JAX function (a module-level object: it is part of the cache key).
+      fn: a jittable JAX function (a module-level object: the op runs it by name).
       args: its positional arguments: tensors, None, or dicts, tuples and lists of tensors.
       names: the user-facing name of each positional argument, for error messages.
       label: the public function's name, for error messages and :func:`trace_count`.
-      static: keyword arguments compiled in (``n_dir``, ``solver``, ``k``).
-      extras: keyword arguments that are JAX arrays passed as they are (PRNG keys).
+      static: keyword arguments compiled in (``n_dir``, ``solver``, ``k``): Python literals,
+        already validated (they become part of the spec, with their types).
+      seed: an integer tensor; when given, ``fn`` also gets ``key=jax.random.key(seed)``.
       loss: ``fn`` returns a scalar; gradients are computed with the forward call.
       differentiable: False for functions whose results the reference detaches.
+      output: the result's structure (:mod:`._spec`); required under ``torch.compile``, learned
+        from the first call otherwise.
+      op_name: the custom op's name (default ``label``).
 
     Returns:
       ``fn``'s output with torch tensors on the inputs' device, in their promoted dtype.
     """
-    c = _prepare(fn, args, names, static or {}, extras or {}, label)
-    grad_mask = tuple(
-        differentiable and torch.is_grad_enabled() and t.requires_grad for t in c.tensors
+    op_name = op_name or label
+    if not torch.compiler.is_compiling():  # public entry points are registered at import
+        register(op_name, fn, loss=loss, differentiable=loss or differentiable)
+    leaves: list[torch.Tensor] = []
+    leaf_names: list[str] = []
+    children = tuple(
+        _spec.describe(a, n, label, leaves, leaf_names) for a, n in zip(args, names, strict=True)
     )
-    if not any(grad_mask):
-        outputs = c.forward()
-    elif loss:
-        outputs = [JaxLoss.apply(c, grad_mask, *c.tensors)]
-    else:
-        outputs = list(JaxFunction.apply(c, grad_mask, *c.tensors))
-    return _plain(jax.tree_util.tree_unflatten(c.out_treedef, outputs))
+    if not leaves:
+        raise TypeError(f"{label}: expected torch tensors, got none")
+    check_tensors(leaves, leaf_names, label)
+    static_items = tuple((k, v) for k, v in (static or {}).items())
+    spec_text = _spec.build(
+        label, op_name, names, ("tuple", children), output, static_items, seed is not None
+    )
+    grad = differentiable and torch.is_grad_enabled()
+    grad_mask = [grad and t.requires_grad for t in leaves]
+    if not differentiable:
+        leaves = [t.detach() for t in leaves]
+    if loss:
+        return _OPS[(op_name, "loss")](leaves, seed, spec_text, grad_mask)[0]
+    outs = _OPS[(op_name, "function")](leaves, seed, spec_text, grad_mask)
+    structure = output if output is not None else _learned_outputs[spec_text]
+    return _spec.unflatten(structure, iter(outs))
 
 
 def host_call(
@@ -399,8 +475,11 @@ def host_call(
     The tensors are checked as in :func:`call`, shared with JAX under the right precision and
     passed as arrays; ``fn`` does its own eager checks (NaN/inf included).
     """
-    _, tensor_names, tensors = _flatten(args, names, label)
-    check_tensors(tensors, tensor_names, label)
-    with _convert.precision_scope(*tensors):
+    leaves: list[torch.Tensor] = []
+    leaf_names: list[str] = []
+    for a, n in zip(args, names, strict=True):
+        _spec.describe(a, n, label, leaves, leaf_names)
+    check_tensors(leaves, leaf_names, label)
+    with _convert.precision_scope(*leaves):
         converted = [_convert.tree_to_jax(a, name=n) for a, n in zip(args, names, strict=True)]
         return fn(*converted, **(static or {}))

@@ -43,6 +43,7 @@ import torch
 
 __all__ = [
     "compute_dtype",
+    "jax_dtype",
     "precision_scope",
     "result_dtype",
     "shareable",
@@ -233,12 +234,13 @@ def to_jax(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array:
         raise TypeError(f"{name}: complex tensors are not supported, got {tensor.dtype}")
     t = shareable(tensor)
     array = _from_dlpack(t)
-    if array.dtype != _jax_dtype(t.dtype):
+    if array.dtype != jax_dtype(t.dtype):
         raise RuntimeError(f"{name}: DLPack gave {array.dtype} for a {t.dtype} tensor")
     return array
 
 
-def _jax_dtype(dtype: torch.dtype) -> jnp.dtype:
+def jax_dtype(dtype: torch.dtype) -> jnp.dtype:
+    """The JAX dtype of a torch dtype (same name)."""
     return jnp.dtype(str(dtype).removeprefix("torch."))
 
 

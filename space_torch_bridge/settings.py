@@ -7,13 +7,11 @@ every call and passed to ``space_jax`` as the static keywords ``solver``, ``n_it
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jax
 import torch
 
 __all__ = ["Settings", "config"]
@@ -42,27 +40,39 @@ class Settings:
 config = Settings()
 
 
-@functools.cache
-def _keywords(fn: Callable) -> frozenset[str]:
+def keywords(fn: Callable) -> frozenset[str]:
+    """The keyword names ``fn`` accepts (computed once, at import, by each bridge module)."""
     return frozenset(inspect.signature(fn).parameters)
 
 
-def solver_options(fn: Callable) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-    """The settings ``fn`` (a ``space_jax`` function) accepts: ``(static, extras)``.
+_SOLVERS = ("auto", "svd", "eigen", "lowrank")
 
-    ``static`` holds ``solver``, ``n_iter`` and ``full_matrices``; ``extras`` holds a PRNG key
-    for ``"lowrank"``, drawn from torch's global generator so that ``torch.manual_seed`` makes
-    the sketch reproducible (as it does spacelearn's ``torch.svd_lowrank``).
+
+def _checked() -> tuple[str, int, bool]:
+    """``config``'s solver fields, checked (they are read, and so checked, at every call)."""
+    mode, n_iter, full = config.solver_mode, config.n_lowrank_iters, config.use_full_matrix
+    if not isinstance(mode, str) or mode not in _SOLVERS:
+        raise ValueError(f"config.solver_mode: expected one of {_SOLVERS}, got {mode!r}")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
+        raise ValueError(f"config.n_lowrank_iters: expected an int >= 0, got {n_iter!r}")
+    if not isinstance(full, bool):
+        raise TypeError(f"config.use_full_matrix: expected a bool, got {full!r}")
+    return mode, n_iter, full
+
+
+def solver_options(accepted: frozenset[str]) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """The settings a ``space_jax`` function accepts (``accepted``, from :func:`keywords`):
+    ``(static, seed)``.
+
+    ``static`` holds ``solver``, ``n_iter`` and ``full_matrices``; ``seed`` is, for
+    ``"lowrank"``, an integer tensor drawn from torch's global generator (so that
+    ``torch.manual_seed`` makes the sketch reproducible, as it does spacelearn's
+    ``torch.svd_lowrank``) from which the op makes the PRNG key; otherwise None.
     """
-    accepted = _keywords(fn)
-    wanted = {
-        "solver": config.solver_mode,
-        "n_iter": int(config.n_lowrank_iters),
-        "full_matrices": bool(config.use_full_matrix),
-    }
+    mode, n_iter, full = _checked()
+    wanted = {"solver": mode, "n_iter": n_iter, "full_matrices": full}
     static = {k: v for k, v in wanted.items() if k in accepted}
-    extras = {}
-    if config.solver_mode == "lowrank" and "key" in accepted:
-        seed = int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64))
-        extras["key"] = jax.random.key(seed)
-    return static, extras
+    seed = None
+    if mode == "lowrank" and "key" in accepted:
+        seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
+    return static, seed

@@ -8,6 +8,9 @@ with the input's dtype. Results carry no torch gradients: the projections are fi
 
 float64 tensors are computed with JAX's x64 mode enabled around the call only (as the rest of the
 bridge does); a space trained on float64 tensors keeps float64 parameters.
+
+Its methods run JAX eagerly: inside a ``torch.compile``-d function they are a graph break
+(``torch.compiler.disable``), so call them outside a ``fullgraph=True`` function.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class LatentSpace:
         with self._lock:
             self._space = self._space.register(name, input_dim, replace=replace)
 
+    @torch.compiler.disable
     def train_projections(
         self, data: Mapping[str, torch.Tensor], config: ProjectionConfig | None = None
     ) -> torch.Tensor:
@@ -106,6 +110,7 @@ class LatentSpace:
             self._space = space
         return out
 
+    @torch.compiler.disable
     def project(self, name: str, features: torch.Tensor) -> torch.Tensor:
         """Maps features ``(n,)`` or ``(B, n)`` of model ``name`` to latents ``(d,)``/``(B, d)``."""
         space = self._space
@@ -113,6 +118,7 @@ class LatentSpace:
             z = space.project(name, to_jax(features, name=f"features of {name!r}"))
             return to_torch(z, like=features)
 
+    @torch.compiler.disable
     def retrieve(self, name: str, latent: torch.Tensor) -> torch.Tensor:
         """Maps latents ``(d,)`` or ``(B, d)`` to model ``name``'s features ``(n,)``/``(B, n)``."""
         space = self._space
@@ -120,6 +126,7 @@ class LatentSpace:
             x = space.retrieve(name, to_jax(latent, name="latent"))
             return to_torch(x, like=latent)
 
+    @torch.compiler.disable
     def translate(self, src: str, dst: str, features: torch.Tensor) -> torch.Tensor:
         """Features of ``src`` as features of ``dst``: ``retrieve(dst, project(src, x))``."""
         space = self._space

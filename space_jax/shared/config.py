@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -80,11 +82,14 @@ class ProjectionConfig:
             ("init", (None, *_INITS)),
             ("shuffle", (None, True, False)),
         ):
-            if getattr(self, field) not in choices:
+            value = getattr(self, field)
+            if value not in choices or (field == "shuffle" and not isinstance(value, bool | None)):
                 raise ValueError(
                     f"ProjectionConfig.{field}: expected one of {choices}, "
                     f"got {getattr(self, field)!r}"
                 )
+        for field in _FLOAT_FIELDS:
+            _check_real(getattr(self, field), field)
         check_positive_int(self.n_epochs, "ProjectionConfig.n_epochs")
         check_positive_int(self.latent_dim, "ProjectionConfig.latent_dim", minimum=0)
         check_positive_int(self.seed, "ProjectionConfig.seed", minimum=0)
@@ -107,6 +112,35 @@ class ProjectionConfig:
         )
 
 
+_FLOAT_FIELDS = (
+    "learning_rate",
+    "alignment_weight",
+    "whitening_weight",
+    "self_weight",
+    "ridge",
+    "lr_decay",
+)
+
+
+def _check_real(value: Any, field: str) -> None:
+    """Refuses what cannot be a real number (a string, a bool, a complex, a dict, a non-numeric
+    array) at construction. Anything else passes: pytree operations rebuild configs with
+    arbitrary leaves (vmap's axis specs, tracers, cotangents), so values are checked in
+    :func:`check_hyperparameters`, when training."""
+    if value is None and field == "lr_decay":
+        return
+    dtype = getattr(value, "dtype", None)
+    wrong = isinstance(value, str | bytes | bool | complex | Mapping) or (
+        dtype is not None
+        and not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+    )
+    if wrong:
+        raise TypeError(
+            f"ProjectionConfig.{field}: expected a real number (or an array of them under "
+            f"vmap), got {value!r} of type {type(value).__name__}"
+        )
+
+
 DEFAULT_CONFIG = ProjectionConfig()
 
 
@@ -123,7 +157,14 @@ def check_hyperparameters(config: ProjectionConfig) -> None:
         value = getattr(config, field)
         if isinstance(value, jax.core.Tracer):
             continue
-        arr = np.asarray(value)
+        _check_real(value, field)
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"config.{field}: expected a real number, got {value!r} of type "
+                f"{type(value).__name__}"
+            ) from None
         if arr.ndim != 0:
             raise ValueError(
                 f"config.{field}: expected a scalar, got shape {arr.shape} "

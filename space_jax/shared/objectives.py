@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from .._spmd import batch_contract, batch_first
 from .checks import check_data, input_dims
 from .config import DEFAULT_CONFIG, Params, ProjectionConfig
 
@@ -23,10 +24,22 @@ __all__ = ["projection_loss"]
 
 
 def _standardisation(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-feature mean and one per-model scale (root mean variance), broadcast to ``(n,)``."""
-    mean = jnp.mean(x, axis=0)
-    rms = jnp.sqrt(jnp.mean((x - mean) ** 2))
-    scale = jnp.where(rms > 0, rms, 1.0)
+    """Per-feature mean and one per-model scale (root mean variance), broadcast to ``(n,)``.
+
+    Formed from ``x`` divided by its largest magnitude, so that data near either end of the
+    float range (``1e±30`` in float32) neither overflows nor underflows. A constant feature's
+    mean is its value exactly (its standardised input is then exactly 0), and a model whose
+    features are all constant gets scale 1.
+    """
+    peak = jnp.max(jnp.abs(x))
+    peak = jnp.where(peak > 0, peak, 1.0)
+    u = x / peak
+    first = batch_first(x)
+    constant = jnp.all(x == first, axis=0)
+    mean_u = jnp.where(constant, first / peak, jnp.mean(u, axis=0))
+    rms_u = jnp.sqrt(jnp.mean(jnp.where(constant, 0.0, u - mean_u) ** 2))
+    mean = jnp.where(constant, first, mean_u * peak)
+    scale = jnp.where(rms_u > 0, rms_u * peak, 1.0)
     return mean, jnp.full_like(mean, scale)
 
 
@@ -111,7 +124,7 @@ def _invariant_terms(P_cat, R_cat, X, sizes, config) -> tuple[jax.Array, dict]:
         R_cat,
         owner,
         config,
-        cov=zc.T @ zc / B,
+        cov=batch_contract(zc, zc) / B,
         spread=jnp.sum((Z - zbar[:, None]) ** 2) / B,
         energy=jnp.sum(Z**2) / B,
         squared_error=jnp.mean((predictions - X[:, None, :]) ** 2, axis=0),

@@ -114,20 +114,32 @@ class SharedSpace:
         return (space, history) if return_history else space
 
     def project(self, name: str, x: ArrayLike) -> jax.Array:
-        """Maps features ``(n,)`` or ``(B, n)`` of model ``name`` to latents ``(d,)``/``(B, d)``."""
+        """Maps features ``(n,)`` or ``(B, n)`` of model ``name`` to latents ``(d,)``/``(B, d)``.
+
+        NaN or infinite features raise ``ValueError`` (when ``x`` is concrete).
+        """
+        where = f"project({name!r})"
         entry = self._entry(name)
-        return _project(entry, _vectors(x, entry["projection"].shape[0], f"project({name!r})"))
+        z = _project(entry, _vectors(x, entry["projection"].shape[0], where, "x"))
+        return _finite_result(z, where)
 
     def retrieve(self, name: str, z: ArrayLike) -> jax.Array:
-        """Maps latents ``(d,)`` or ``(B, d)`` to model ``name``'s features ``(n,)``/``(B, n)``."""
+        """Maps latents ``(d,)`` or ``(B, d)`` to model ``name``'s features ``(n,)``/``(B, n)``.
+
+        NaN or infinite latents raise ``ValueError`` (when ``z`` is concrete).
+        """
+        where = f"retrieve({name!r})"
         entry = self._entry(name)
-        return _retrieve(entry, _vectors(z, self.dim, f"retrieve({name!r})", "latent"))
+        x = _retrieve(entry, _vectors(z, self.dim, where, "z", "latent"))
+        return _finite_result(x, where)
 
     def translate(self, src: str, dst: str, x: ArrayLike) -> jax.Array:
         """Features of ``src`` ``(n_src,)``/``(B, n_src)`` as features of ``dst``: ``retrieve(dst,
-        project(src, x))``."""
-        self._entry(dst)
-        return self.retrieve(dst, self.project(src, x))
+        project(src, x))``. NaN or infinite features raise ``ValueError``."""
+        where = f"translate({src!r}, {dst!r})"
+        entry, out = self._entry(src), self._entry(dst)
+        z = _project(entry, _vectors(x, entry["projection"].shape[0], where, "x"))
+        return _finite_result(_retrieve(out, z), where)
 
     def _entry(self, name: str) -> dict:
         if name not in self.params:
@@ -165,10 +177,24 @@ class SharedSpace:
         return dataclasses.replace(space, names=contents.names, params=params)
 
 
-def _vectors(x: ArrayLike, n: int, where: str, what: str = "features") -> jax.Array:
+def _vectors(x: ArrayLike, n: int, where: str, arg: str, what: str = "features") -> jax.Array:
+    """``x`` as an array of ``(n,)`` or ``(B, n)`` real, finite values (finiteness is checked
+    when ``x`` is concrete, not under ``jit``)."""
     x = jnp.asarray(x)
     if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
-        raise TypeError(f"{where}: expected real {what}, got dtype {x.dtype}")
+        raise TypeError(f"{where}: expected real {what} {arg}, got dtype {x.dtype}")
     if x.ndim not in (1, 2) or x.shape[-1] != n:
-        raise ValueError(f"{where}: expected {what} of shape ({n},) or (B, {n}), got {x.shape}")
+        raise ValueError(
+            f"{where}: expected {what} of shape ({n},) or (B, {n}) for {arg}, got {x.shape}"
+        )
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{where}: {arg} ({what}) contains NaN or infinity")
     return x
+
+
+def _finite_result(y: jax.Array, where: str) -> jax.Array:
+    if not isinstance(y, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(y))):
+        raise ValueError(
+            f"{where}: the result overflows {y.dtype} (the input is too large for this space)"
+        )
+    return y

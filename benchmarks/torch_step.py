@@ -1,0 +1,146 @@
+"""A whole PyTorch training step with SPACE: spacelearn 0.1.0 against space_torch_bridge.
+
+    python -m benchmarks.torch_step [--sizes small,main] [--steps 30] [--processes 2]
+
+The step is what a PyTorch user runs: an MLP autoencoder (``main``: B=4096, 512 -> 1024 -> D=256
+and back; ``small``: B=512, 128 -> 256 -> D=64 and back), Adam, the reconstruction MSE, plus
+``combined_loss`` on the latents (``main``: 4 quantities of 64 dims, k=16; ``small``: 2 of 16,
+k=8), with bases and decoders fitted once from the initial latents. SPACE's share of the step is
+the step time with ``combined_loss`` minus the step time without it.
+
+Method: each library runs in its own process (``--processes`` per library, alternating
+spacelearn, bridge, spacelearn, ...), so neither inherits the other's spinning thread pools;
+within a process steps with and without the loss alternate after a warm-up, and each figure is
+the median over steps, then the median over that library's processes. Torch runs with its
+default threads (2 on the reference machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+__all__ = ["SIZES", "run", "step_times"]
+
+# name: (B, input features, hidden, D, Q, m, k)
+SIZES = {
+    "small": (512, 128, 256, 64, 2, 16, 8),
+    "main": (4096, 512, 1024, 256, 4, 64, 16),
+}
+IMPLS = ("spacelearn", "bridge")
+
+
+def step_times(impl: str, size: str, steps: int, warmup: int = 5) -> dict:
+    """In this process: median step times with and without ``combined_loss`` (seconds)."""
+    import contextlib
+    import io
+
+    import torch
+    from torch import nn
+
+    if impl == "bridge":
+        import space_torch_bridge as lib
+    else:
+        import spacelearn as lib
+
+    B, n_in, hidden, D, Q, m, k = SIZES[size]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, n_in, generator=g)
+    mixes = [torch.randn(n_in, m, generator=g) / n_in**0.5 for _ in range(Q)]
+    Y = {f"q{i}": torch.tanh(x @ mix) for i, mix in enumerate(mixes)}
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, D))
+    decoder = nn.Sequential(nn.Linear(D, hidden), nn.ReLU(), nn.Linear(hidden, n_in))
+    params = [*encoder.parameters(), *decoder.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    quiet = contextlib.redirect_stdout(io.StringIO())  # spacelearn prints from its losses
+    with torch.no_grad(), quiet:
+        space = lib.solve_subspaces(encoder(x), Y, k=k)
+    W, A = space.W, space.A
+    W_prev = {q: (w + 1e-3).contiguous() for q, w in W.items()}
+
+    def step(with_space: bool) -> float:
+        t0 = time.perf_counter()
+        z = encoder(x)
+        loss = nn.functional.mse_loss(decoder(z), x)
+        if with_space:
+            with contextlib.redirect_stdout(io.StringIO()):
+                loss = loss + lib.combined_loss(z, W, A, Y, W_prev)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - t0
+
+    for i in range(warmup):
+        step(i % 2 == 0)
+    plain, with_space = [], []
+    for _ in range(steps):
+        plain.append(step(False))
+        with_space.append(step(True))
+    p, w = statistics.median(plain), statistics.median(with_space)
+    return {"plain_s": p, "with_space_s": w, "space_s": w - p}
+
+
+def _worker(impl: str, size: str, steps: int, env: dict[str, str]) -> dict:
+    code = (
+        "import json; from benchmarks.torch_step import step_times; "
+        f"print('RESULT' + json.dumps(step_times({impl!r}, {size!r}, {steps})))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        raise RuntimeError(f"{impl} at {size}: {tail}")
+    return json.loads(lines[-1][len("RESULT") :])
+
+
+def run(size: str = "main", *, steps: int = 30, processes: int = 2, env=None, log=None) -> dict:
+    """Both libraries at ``size``, in alternating processes; medians in milliseconds."""
+    runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
+    for _ in range(processes):
+        for impl in IMPLS:
+            runs[impl].append(_worker(impl, size, steps, dict(env or {})))
+            if log:
+                log(f"  torch_step {size} {impl}: {runs[impl][-1]}")
+    out: dict = {"B, in, hidden, D, Q, m, k": str(SIZES[size])}
+    for impl in IMPLS:
+        for key in ("plain_s", "with_space_s", "space_s"):
+            value = statistics.median(r[key] for r in runs[impl])
+            out[f"{impl} {key[:-2]} ms"] = round(1e3 * value, 2)
+    sl, br = out["spacelearn space ms"], out["bridge space ms"]
+    out["SPACE share: spacelearn / bridge"] = round(sl / br, 2) if br > 0 else None
+    out["target (>= 3x)"] = "met" if br > 0 and sl / br >= 3 else "missed"
+    out["method"] = f"separate processes, {processes} per library, {steps} alternating step pairs"
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="small,main")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the workers")
+    args = p.parse_args(argv)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    results = {}
+    for size in [s for s in args.sizes.split(",") if s]:
+        results[size] = run(size, steps=args.steps, processes=args.processes, env=env, log=log)
+        print(json.dumps({size: results[size]}, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
