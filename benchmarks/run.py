@@ -186,6 +186,9 @@ def _extras(sizes, quick: bool, log) -> dict:
         }
         streaming_calls[s.name] = ((), kwargs)
     out["streaming"] = _call_extra("streaming", streaming_calls, log)
+    # The all-reduce across 2 processes x 2 CPU devices, at the main size (README, "Several hosts").
+    if not quick and any(s.name == "main" for s in sizes):
+        out["multihost"] = _call_extra("multihost", {"main": ((), {})}, log)
     return out
 
 
