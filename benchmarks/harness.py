@@ -41,8 +41,8 @@ __all__ = [
 ]
 
 # Defaults of the protocol: pause before each block, the time a block aims at, its call counts.
-PAUSE_S = 0.1
-BLOCK_S = 0.25
+PAUSE_S = 0.05
+BLOCK_S = 0.2
 MIN_CALLS = 2
 MAX_CALLS = 100
 

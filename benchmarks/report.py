@@ -225,8 +225,8 @@ def markdown(results: dict) -> str:
         ),
         "",
         f"Method: each implementation runs a block of consecutive calls (its steady state, "
-        f"about {_timing(results, 'block_s', 0.25)} s) after a pause of "
-        f"{_timing(results, 'pause_s', 0.1)} s that lets the other libraries' threads go idle; "
+        f"about {_timing(results, 'block_s', 0.2)} s) after a pause of "
+        f"{_timing(results, 'pause_s', 0.05)} s that lets the other libraries' threads go idle; "
         "the blocks alternate in order from round to round; a round's figure is its block's "
         f"median call. Times are {_STAT_WORDS[stat].lower()} over rounds; ratios (speedups, "
         "x / bound) are the median over rounds of the per-round ratios, so both sides of a "

@@ -28,9 +28,9 @@ from pathlib import Path
 _OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 # Rounds per size, and the time after which an operation stops adding rounds.
-_ROUNDS = {"small": 9, "main": 7, "large": 5}
-_MAX_SECONDS = 40.0
-_SWEEP_ROUNDS = 4
+_ROUNDS = {"small": 5, "main": 5, "large": 4}
+_MAX_SECONDS = 30.0
+_SWEEP_ROUNDS = 3
 # Rows confirmed with every implementation in its own process, and their rounds.
 HEADLINE = (
     ("main", "combined_loss fwd+bwd"),
@@ -59,15 +59,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="small,main,large", help="comma-separated: small,main,large")
     p.add_argument("--out", default="artifacts/bench", help="output folder")
     p.add_argument(
+        "--ops",
+        default=None,
+        help="comma-separated operation names to measure (default all), e.g. "
+        "'combined_loss fwd+bwd,solve_subspaces'",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: 3 rounds, small sweeps (numbers are not meaningful)",
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds per operation (all sizes)")
     p.add_argument(
-        "--pause", type=float, default=None, help="seconds of idle before each block (0.1)"
+        "--pause", type=float, default=None, help="seconds of idle before each block (0.05)"
     )
-    p.add_argument("--block", type=float, default=None, help="seconds a block aims at (0.25)")
+    p.add_argument("--block", type=float, default=None, help="seconds a block aims at (0.2)")
     p.add_argument("--max-seconds", type=float, default=None, help="time cap per operation")
     p.add_argument("--sweep-B", type=_ints, default=None, help="batch sizes of the B sweep")
     p.add_argument("--sweep-D", type=_ints, default=None, help="latent dims of the D sweep")
@@ -82,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-extras",
         action="store_true",
-        help="skip benchmarks.shared_space, benchmarks.sweep and benchmarks.streaming",
+        help="skip benchmarks.shared_space, benchmarks.sweep, benchmarks.breakdown and "
+        "benchmarks.streaming",
     )
     p.add_argument(
         "--xla-flags",
@@ -153,7 +160,7 @@ def _call_extra(module: str, calls: dict[str, tuple[tuple, dict]], log) -> dict:
 def _extras(sizes, quick: bool, log) -> dict:
     """The neighbour benchmarks, at the requested sizes they offer (only "small" when quick)."""
     out = {}
-    for module in ("shared_space", "sweep"):
+    for module in ("shared_space", "sweep", "breakdown"):
         mod, status = _import_extra(module)
         if mod is None:
             out[module] = {"all sizes": status}
@@ -217,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     max_seconds = args.max_seconds or (5.0 if args.quick else _MAX_SECONDS)
     min_rounds = 2 if args.quick else 3
+    ops = None if args.ops is None else tuple(o.strip() for o in args.ops.split(",") if o.strip())
     timing = {
         "pause_s": args.pause if args.pause is not None else (0.005 if args.quick else PAUSE_S),
         "block_s": args.block if args.block is not None else (0.005 if args.quick else BLOCK_S),
@@ -244,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_seconds=max_seconds,
             min_rounds=min_rounds,
             bridge=bridge,
+            which=ops,
             memory=not args.no_memory,
             timing=timing,
             log=log,
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.no_processes:
         log("benchmarks: headline rows in separate processes")
-        results["processes"] = _processes(names, args, bridge, timing, log)
+        results["processes"] = _processes(names, ops, args, bridge, timing, log)
 
     if bridge:
         log("benchmarks: bridge overhead")
@@ -311,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def _processes(names, args, bridge: bool, timing: dict, log) -> list[dict]:
+def _processes(names, ops, args, bridge: bool, timing: dict, log) -> list[dict]:
     """The headline rows of the requested sizes, each implementation in its own process
     (``--quick``: the first headline operation at the first size, as a smoke test)."""
     from . import core, problems, solo
@@ -321,7 +330,7 @@ def _processes(names, args, bridge: bool, timing: dict, log) -> list[dict]:
     rows = []
     headline = ((names[0], HEADLINE[0][1]),) if args.quick else HEADLINE
     for size, op in headline:
-        if size not in names:
+        if size not in names or (ops is not None and op not in ops):
             continue
         log(f"  {size}: {op} (separate processes)")
         which = impls + (list(core.BOUNDS) if op.startswith("combined_loss") else [])

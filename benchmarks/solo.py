@@ -27,7 +27,7 @@ from .harness import BLOCK_S, MIN_CALLS, PAUSE_S, Timing, calls_for, quiet, run_
 __all__ = ["time_processes"]
 
 # Worker groups: each inner tuple shares one process (the bounds are measured together).
-GROUPS = (("spacelearn",), ("space_jax",), ("bridge",), ("bound", "bound_xla", "bound_torch"))
+GROUPS = (("spacelearn",), ("space_jax",), ("bridge",), ("bound_numpy", "bound_xla", "bound_torch"))
 _TIMEOUT_S = 900.0
 
 

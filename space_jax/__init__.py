@@ -36,6 +36,7 @@ from .losses import (
     stability_loss,
 )
 from .metrics import subspace_change
+from .moment_losses import combined_loss_from_moments
 from .moments import (
     Moments,
     k_per_q_from_moments,
@@ -66,6 +67,7 @@ __all__ = [
     "alignment_loss",
     "bins_for_modes",
     "combined_loss",
+    "combined_loss_from_moments",
     "compute_Q",
     "disentanglement_loss",
     "ensure_dim",

@@ -8,6 +8,7 @@ done by the host-level entry points, through :func:`check_finite`.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Mapping
 
 import jax
@@ -88,11 +89,17 @@ def half_in_float32(fn):
     """Decorator: half-precision (float16, bfloat16) array arguments, also inside dicts, are
     computed in float32 (LAPACK has no half-precision kernels, and Gram matrices overflow
     float16's range at ordinary sizes); floating results are cast back to the first such
-    argument's dtype. Other calls pass through unchanged."""
+    argument's dtype. A concrete result that the half dtype cannot hold (finite in float32,
+    infinite once cast) raises ``ValueError`` naming the half-precision arguments. Other calls
+    pass through unchanged."""
+    signature = inspect.signature(fn)
 
     def is_half(x) -> bool:
         dtype = getattr(x, "dtype", None)
         return dtype is not None and not isinstance(x, Mapping) and jnp.dtype(dtype) in HALF_DTYPES
+
+    def holds_half(a) -> bool:
+        return is_half(a) or (isinstance(a, Mapping) and any(is_half(v) for v in a.values()))
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
@@ -113,9 +120,21 @@ def half_in_float32(fn):
         out = fn(*(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
 
         def down(x):
-            if isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.floating):
-                return x.astype(half)
-            return x
+            if not (
+                isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.floating)
+            ):
+                return x
+            y = x.astype(half)
+            if not isinstance(x, jax.core.Tracer) and not bool(
+                jnp.all(jnp.isfinite(y) | ~jnp.isfinite(x))
+            ):
+                bound = signature.bind_partial(*args, **kwargs).arguments
+                names = [n for n, a in bound.items() if holds_half(a)]
+                raise ValueError(
+                    f"{fn.__name__}: the result overflows {half} (it was computed in float32); "
+                    f"pass {', '.join(names)} as float32"
+                )
+            return y
 
         return jax.tree_util.tree_map(down, out)
 
@@ -165,8 +184,19 @@ def check_finite(x, name: str) -> None:
     """Eager NaN/inf check for host-level entry points (never call under ``jit``)."""
     if isinstance(x, jax.core.Tracer):
         return
-    if not bool(np.all(np.isfinite(np.asarray(x)))):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # A global array spread over several processes: reduce it where it lives (one
+        # all-reduce of a flag) instead of fetching values this process does not hold.
+        finite = bool(_all_finite(x))
+    else:
+        finite = bool(np.all(np.isfinite(np.asarray(x))))
+    if not finite:
         raise ValueError(f"{name}: contains NaN or infinity")
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
 
 
 LOSS_TERMS = ("alignment", "disentanglement", "isotropy", "stability")

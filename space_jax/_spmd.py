@@ -31,7 +31,6 @@ __all__ = [
     "batch_first",
     "batch_max",
     "batch_mean",
-    "batch_min",
     "batch_sum",
     "explicit_batch_axes",
     "mesh_size",
@@ -157,11 +156,6 @@ def batch_mean(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
 def batch_max(x: jax.Array) -> jax.Array:
     """Maximum over the batch axis 0: ``(B, ...) -> (...)``, replicated (as :func:`batch_sum`)."""
     return jnp.max(x, axis=0)
-
-
-def batch_min(x: jax.Array) -> jax.Array:
-    """Minimum over the batch axis 0: ``(B, ...) -> (...)``, replicated (as :func:`batch_sum`)."""
-    return jnp.min(x, axis=0)
 
 
 def batch_first(x: jax.Array) -> jax.Array:

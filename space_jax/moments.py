@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from . import linalg
 from ._checks import (
     HALF_DTYPES,
     check_finite,
@@ -41,10 +41,9 @@ from ._checks import (
     half_in_float32,
 )
 from ._spmd import batch_contract, batch_first, batch_mean
-from .dims import _thresholds, bins_for_modes, explained_rank_from_gram
+from .dims import _avg_pool_matrix, _thresholds, bins_for_modes, explained_rank_from_gram
 from .linalg import Solver, full, gram
-from .pooling import pool
-from .subspaces import Space, _basis, _leading_pair, _resolve_k
+from .subspaces import Space, _basis, _leading_pair, _mask_rows, _normal_decoders, _resolve_k
 
 __all__ = [
     "Moments",
@@ -314,19 +313,26 @@ def _require_samples(m: Moments, minimum: int, what: str) -> None:
 
 @half_in_float32
 def solve_subspaces_from_moments(
-    m: Moments, k: int | Mapping[str, int] = 32, *, solver: Solver = "auto"
+    m: Moments,
+    k: int | Mapping[str, int] = 32,
+    *,
+    solver: Solver = "auto",
+    active_k: jax.typing.ArrayLike | Mapping | None = None,
 ) -> Space:
     """Subspaces, decoders and target directions from merged moments.
 
-    Equals :func:`~space_jax.solve_subspaces` on the concatenated data: ``W_q`` and ``V_q``
-    come from the SVD of ``Zc.T @ Yc_q`` as there, and the decoder is the minimum-norm solution
-    of the normal equations ``(W_q Czz W_q.T) A_q = W_q Czy_q`` (a ``k x k`` pseudo-inverse),
-    which is the least-squares decoder of ``Zc @ W_q.T @ A_q ~ Yc_q``.
+    Equals :func:`~space_jax.solve_subspaces` on the concatenated data, by the same algebra:
+    ``W_q`` and ``V_q`` come from the SVD of ``Zc.T @ Yc_q`` and the decoder is the
+    minimum-norm solution of the normal equations ``(W_q Czz W_q.T) A_q = W_q Czy_q`` (a
+    ``k x k`` pseudo-inverse), the least-squares decoder of ``Zc @ W_q.T @ A_q ~ Yc_q``.
 
     Args:
       m: :class:`Moments` of at least 2 samples.
       k: rows per basis, an int or ``{q: int}`` (static).
       solver: SVD solver for ``Zc.T @ Yc_q`` (static).
+      active_k: optional traced number of active rows (an int array, or ``{q: int array}``),
+        as :func:`~space_jax.solve_subspaces`: rows from ``active_k`` on are zero in ``W`` and
+        ``A``, so a sweep over subspace sizes can ``vmap`` with a fixed ``k``.
 
     Returns:
       A :class:`~space_jax.Space`: ``W[q]`` ``(k_q, D)``, ``A[q]`` ``(k_q, m_q)``,
@@ -335,15 +341,15 @@ def solve_subspaces_from_moments(
     m = _check_moments(m, "m")
     _require_samples(m, 2, "centering")
     ks = _resolve_k(k, m.names)
-    W, A, V = {}, {}, {}
+    W, V = {}, {}
     for q in m.names:
         u, _, vh = full(m.zy[q], solver=solver)
-        w = _basis(u, ks[q])
-        normal = w @ m.zz @ w.T
-        a = linalg.pinv((normal + normal.T) / 2, hermitian=True) @ (w @ m.zy[q])
-        W[q] = jax.lax.stop_gradient(w)
-        A[q] = jax.lax.stop_gradient(a)
+        W[q] = jax.lax.stop_gradient(_basis(u, ks[q]))
         V[q] = jax.lax.stop_gradient(_leading_pair(u, vh)[1])
+    W = _mask_rows(W, active_k)
+    w_all = jnp.concatenate(list(W.values()), axis=0)
+    A = _normal_decoders(W, w_all @ m.zz @ w_all.T, {q: W[q] @ m.zy[q] for q in W})
+    A = {q: jax.lax.stop_gradient(a) for q, a in _mask_rows(A, active_k).items()}
     return Space(W, A, V)
 
 
@@ -390,20 +396,6 @@ def k_per_q_from_moments(
     ks = {q: _rank(m.yy[q], ts[q]) for q in m.names}
     logger.info("subspace sizes from moments: %s", ks)
     return ks if per_quantity else max(ks.values())
-
-
-def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype, name: str) -> jax.Array:
-    """``P`` with ``pool(y, n_bins, "avg").reshape(B, -1) == y.reshape(B, -1) @ P``; a scalar
-    per sample (a 1-D target) is the series of length 1."""
-    shape = shape or (1,)
-    if len(shape) not in (1, 3):
-        raise ValueError(
-            f"{name}: per-sample target shape {shape} cannot be pooled; expected (S,) series or "
-            "(C, H, W) fields (targets (B, S) or (B, C, H, W))"
-        )
-    size = math.prod(shape)
-    basis = jnp.eye(size, dtype=dtype).reshape((size, *shape))
-    return pool(basis, n_bins, "avg", name=name).reshape(size, -1)
 
 
 def solve_dims_from_moments(
@@ -500,8 +492,26 @@ def _progress_bar(enabled: bool):
     return tqdm(unit="sample", unit_scale=True, desc="moments")
 
 
+def _global_batch(sharding, Z, ys: tuple, index: int) -> tuple:
+    """This process's part of a batch, as a global array laid out by ``sharding``."""
+    try:
+        return tuple(
+            jax.make_array_from_process_local_data(sharding, np.asarray(x)) for x in (Z, *ys)
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"batches[{index}]: this process's {np.shape(Z)[0]} samples cannot be laid out "
+            f"by sharding={sharding} (the batch must split evenly over the devices of its "
+            f"batch axis; drop or pad the last batch): {e}"
+        ) from e
+
+
 def stream_moments(
-    batches: Iterable, *, progress: bool = False, initial: Moments | None = None
+    batches: Iterable,
+    *,
+    progress: bool = False,
+    initial: Moments | None = None,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> Moments:
     """Folds an iterable of host batches into one :class:`Moments`.
 
@@ -515,6 +525,12 @@ def stream_moments(
         with ``B >= 1`` and ``{q: (B, ...)}`` targets, NumPy or JAX arrays.
       progress: show a tqdm progress bar counting samples.
       initial: moments to continue from (for example a previous epoch or data set).
+      sharding: lay each batch out over devices, for example
+        ``NamedSharding(mesh, P("batch"))``. Every batch is then this process's part of a
+        global batch (``jax.make_array_from_process_local_data``): on several hosts each one
+        streams its own shard (all hosts the same number of batches, each split evenly over
+        its devices), and the result, identical on every host, is the moments of all of them.
+        Without it, batches are used as given (JAX arrays may already be global).
 
     Returns:
       The merged :class:`Moments`.
@@ -530,6 +546,9 @@ def stream_moments(
     try:
         for index, batch in enumerate(batches):
             Z, ys, names = _unpack(batch, index)
+            if sharding is not None:
+                Z, *ys = _global_batch(sharding, Z, ys, index)
+                ys = tuple(ys)
             try:
                 if acc is None:
                     acc, finite = _start(Z, ys, names=names)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from space_torch_bridge import _convert, _spec
 
@@ -292,9 +293,12 @@ def _refuse_second_order(label: str, grads: list, inputs: Sequence[torch.Tensor]
 
 def _scaled(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
     """``grad * grad_output``, without the ``B x D`` product where ``grad_output`` is 1 (the
-    usual ``loss.backward()``; checked on the CPU only, where reading it costs no sync)."""
+    usual ``loss.backward()``; checked on the CPU only, where reading it costs no sync, and
+    only on a plain tensor: a traced one, fake or functional, gets the product)."""
     if (
-        not torch.compiler.is_compiling()
+        type(grad_output) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and _current_dispatch_mode() is None
         and grad_output.device.type == "cpu"
         and grad_output.numel() == 1
         and grad_output.item() == 1.0
@@ -370,9 +374,10 @@ def _define(name: str, kind: str, impl: Callable, fake: Callable):
     return op
 
 
-def register(op_name: str, fn: Callable, *, loss: bool) -> None:
+def register(op_name: str, fn: Callable, *, loss: bool, differentiable: bool = True) -> None:
     """Binds ``op_name`` to the JAX function ``fn`` and defines its custom op(s):
-    ``space_torch_bridge::<op_name>`` (and ``<op_name>_vjp`` for a non-loss function)."""
+    ``space_torch_bridge::<op_name>``, and ``<op_name>_vjp`` for a differentiable non-loss
+    function (a non-differentiable one has no backward: the bridge detaches its inputs)."""
     _spec.register_function(op_name, fn)
     kind = "loss" if loss else "function"
     if (op_name, kind) in _OPS:
@@ -383,11 +388,11 @@ def register(op_name: str, fn: Callable, *, loss: bool) -> None:
         op = _define(op_name, "loss", _loss_impl, _loss_fake)
         op.register_autograd(_loss_backward, setup_context=_loss_setup)
     else:
-        vjp = _define(f"{op_name}_vjp", "vjp", _vjp_impl, _vjp_fake)
-        _OPS[(op_name, "vjp")] = getattr(torch.ops, _NAMESPACE).__getattr__(f"{op_name}_vjp").default
-        del vjp
         op = _define(op_name, "function", _function_impl, _function_fake)
-        op.register_autograd(_function_backward, setup_context=_function_setup)
+        if differentiable:
+            _define(f"{op_name}_vjp", "vjp", _vjp_impl, _vjp_fake)
+            _OPS[(op_name, "vjp")] = getattr(getattr(torch.ops, _NAMESPACE), f"{op_name}_vjp").default
+            op.register_autograd(_function_backward, setup_context=_function_setup)
     _OPS[(op_name, kind)] = getattr(getattr(torch.ops, _NAMESPACE), op_name).default
 
 
@@ -432,8 +437,8 @@ def call(
       ``fn``'s output with torch tensors on the inputs' device, in their promoted dtype.
     """
     op_name = op_name or label
-    if not torch.compiler.is_compiling():
-        register(op_name, fn, loss=loss)  # public entry points are registered at import
+    if not torch.compiler.is_compiling():  # public entry points are registered at import
+        register(op_name, fn, loss=loss, differentiable=loss or differentiable)
     leaves: list[torch.Tensor] = []
     leaf_names: list[str] = []
     children = tuple(

@@ -152,9 +152,11 @@ def _space_parts_differentiable(Z, Y, *, k, **options):
     return W, A, V
 
 
-_autograd.register("solve_subspaces", _space_parts, loss=False)
+_autograd.register("solve_subspaces", _space_parts, loss=False, differentiable=False)
 _autograd.register("solve_subspaces_grad", _space_parts_differentiable, loss=False)
-_autograd.register("principal_directions", _sj.principal_directions, loss=False)
+_autograd.register(
+    "principal_directions", _sj.principal_directions, loss=False, differentiable=False
+)
 _autograd.register("subspaces", _sj.subspaces, loss=False)
 _KEYWORDS = {
     "principal_directions": keywords(_sj.principal_directions),
@@ -195,6 +197,7 @@ def solve_subspaces(Z: torch.Tensor, Y: Tensors, *, k: int | dict[str, int] = 32
         names=("Z", "Y"),
         label="solve_subspaces",
         op_name="solve_subspaces_grad" if wants_grad else "solve_subspaces",
+        differentiable=wants_grad,
         static={**static, "k": k},
         seed=seed,
         output=("tuple", (per_q, per_q, per_q)),

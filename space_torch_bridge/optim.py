@@ -30,7 +30,7 @@ Tensors = dict[str, torch.Tensor]
 minimal_latent_dim = _sj.minimal_latent_dim
 align_latent_dim = _sj.align_latent_dim
 
-_autograd.register("fit_decoders", _sj.fit_decoders, loss=False)
+_autograd.register("fit_decoders", _sj.fit_decoders, loss=False, differentiable=False)
 _autograd.register("subspace_change", _sj.subspace_change, loss=False)
 _CHANGE_KEYS = ("mean_cos_sim", "mean_angle_deg", "per_dir_cos", "similarity_matrix")
 

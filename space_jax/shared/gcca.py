@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import linalg
+from .._spmd import batch_contract, batch_mean
 from .config import ProjectionConfig
 from .objectives import _columns, _latents, _pair_weights, _tiny
 
@@ -44,8 +45,8 @@ def gcca(X: jax.Array, sizes: tuple[int, ...], d: int, config: ProjectionConfig)
     B, N = X.shape
     M = len(sizes)
     ridge = jnp.asarray(config.ridge, X.dtype)
-    X = X - jnp.mean(X, axis=0)
-    C = X.T @ X / B
+    X = X - batch_mean(X)
+    C = batch_contract(X, X) / B
     # The ridge is relative to a model's mean variance; a model without variance (constant
     # features) borrows the mean variance of all features instead, else its whitener (and so
     # its projection) would be ~1/sqrt(tiny) and training would overflow.
@@ -69,10 +70,15 @@ def gcca(X: jax.Array, sizes: tuple[int, ...], d: int, config: ProjectionConfig)
 
     Z = _latents(X, P_cat, sizes)  # (B, M, d)
     pair = _pair_weights(M, config.self_weight)  # [source, target]
+    # Every batch product at once: the (M d, M d) Gram matrix of all models' latents (only its
+    # diagonal blocks are used) and their (M d, N) products with the inputs.
+    Zf = Z.reshape(B, M * d)
+    ZZ = jnp.einsum("sksl->skl", batch_contract(Zf, Zf).reshape(M, d, M, d)) / B  # (M, d, d)
+    ZX = batch_contract(Zf, X).reshape(M, d, N) / B
     R_blocks = []
     for t, c in enumerate(_columns(sizes)):
-        gram = jnp.einsum("s,nsk,nsl->kl", pair[:, t], Z, Z) / B
+        gram = jnp.einsum("s,skl->kl", pair[:, t], ZZ)
         gram = gram + (ridge + _JITTER * jnp.trace(gram) / d + _tiny(gram)) * jnp.eye(d)
-        rhs = jnp.einsum("s,nsk,ni->ki", pair[:, t], Z, X[:, c]) / B
+        rhs = jnp.einsum("s,ski->ki", pair[:, t], ZX[:, :, c])
         R_blocks.append(linalg.solve(gram, rhs))
     return P_cat, jnp.concatenate(R_blocks, axis=1)

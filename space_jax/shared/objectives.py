@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from .._spmd import batch_contract, batch_first
 from .checks import check_data, input_dims
 from .config import DEFAULT_CONFIG, Params, ProjectionConfig
 
@@ -33,10 +34,11 @@ def _standardisation(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     peak = jnp.max(jnp.abs(x))
     peak = jnp.where(peak > 0, peak, 1.0)
     u = x / peak
-    constant = jnp.all(x == x[:1], axis=0)
-    mean_u = jnp.where(constant, u[0], jnp.mean(u, axis=0))
+    first = batch_first(x)
+    constant = jnp.all(x == first, axis=0)
+    mean_u = jnp.where(constant, first / peak, jnp.mean(u, axis=0))
     rms_u = jnp.sqrt(jnp.mean(jnp.where(constant, 0.0, u - mean_u) ** 2))
-    mean = jnp.where(constant, x[0], mean_u * peak)
+    mean = jnp.where(constant, first, mean_u * peak)
     scale = jnp.where(rms_u > 0, rms_u * peak, 1.0)
     return mean, jnp.full_like(mean, scale)
 
@@ -122,7 +124,7 @@ def _invariant_terms(P_cat, R_cat, X, sizes, config) -> tuple[jax.Array, dict]:
         R_cat,
         owner,
         config,
-        cov=zc.T @ zc / B,
+        cov=batch_contract(zc, zc) / B,
         spread=jnp.sum((Z - zbar[:, None]) ** 2) / B,
         energy=jnp.sum(Z**2) / B,
         squared_error=jnp.mean((predictions - X[:, None, :]) ** 2, axis=0),

@@ -21,6 +21,7 @@ import optax
 from jax.typing import ArrayLike
 
 from .._checks import check_finite, check_positive_int
+from .._spmd import batch_contract, replicated
 from .checks import check_data, check_input_dim, input_dims
 from .config import DEFAULT_CONFIG, Params, ProjectionConfig, check_hyperparameters
 from .gcca import gcca
@@ -166,9 +167,11 @@ def _fit(params: Params, xs: dict, config: ProjectionConfig, key: jax.Array) -> 
         step, full = _go_step, X
     elif bs == B:  # the full-batch loss needs only the moments: compute them once
         step = functools.partial(_invariant_step, terms=_invariant_terms_from_moments)
-        full = (jnp.mean(X, axis=0), X.T @ X / B)
+        full = (jnp.mean(X, axis=0), batch_contract(X, X) / B)
     else:
         step, full = functools.partial(_invariant_step, terms=_invariant_terms), None
+    if bs < B:  # minibatches draw samples from every device: gather a sharded batch once
+        X = replicated(X)
 
     def epoch(carry, t):
         P, R, state_P, state_R, key = carry
@@ -217,10 +220,10 @@ def _go_step(P, R, state_P, state_R, X, sizes, lr, direction, config):
     B = X.shape[0]
     loss, _ = _go_terms(P, R, X, sizes, config)
     cols, Z, zbar, errors = _go_parts(P, R, X, sizes)
-    g_R = jnp.concatenate([z.T @ e for z, e in zip(Z, errors, strict=True)], axis=1) / B
+    g_R = jnp.concatenate([batch_contract(z, e) for z, e in zip(Z, errors, strict=True)], 1) / B
     R, state_R = _descend(R, g_R, state_R, lr, direction)
     g_P = [
-        X[:, c].T @ (e @ R[:, c].T + config.alignment_weight * (z - zbar))
+        batch_contract(X[:, c], e @ R[:, c].T + config.alignment_weight * (z - zbar))
         for c, z, e in zip(cols, Z, errors, strict=True)
     ]
     P, state_P = _descend(P, jnp.concatenate(g_P, axis=0) / B, state_P, lr, direction)
