@@ -64,8 +64,8 @@ def step_times(impl: str, size: str, steps: int, warmup: int = 5) -> dict:
     W, A = space.W, space.A
     W_prev = {q: (w + 1e-3).contiguous() for q, w in W.items()}
 
-    def step(with_space: bool) -> float:
-        t0 = time.perf_counter()
+    def step(with_space: bool) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
         z = encoder(x)
         loss = nn.functional.mse_loss(decoder(z), x)
         if with_space:
@@ -74,7 +74,7 @@ def step_times(impl: str, size: str, steps: int, warmup: int = 5) -> dict:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     for i in range(warmup):
         step(i % 2 == 0)
@@ -82,8 +82,16 @@ def step_times(impl: str, size: str, steps: int, warmup: int = 5) -> dict:
     for _ in range(steps):
         plain.append(step(False))
         with_space.append(step(True))
-    p, w = statistics.median(plain), statistics.median(with_space)
-    return {"plain_s": p, "with_space_s": w, "space_s": w - p}
+    p, w = (statistics.median(t for t, _ in x) for x in (plain, with_space))
+    cp, cw = (statistics.median(c for _, c in x) for x in (plain, with_space))
+    return {
+        "plain_s": p,
+        "with_space_s": w,
+        "space_s": w - p,
+        "cpu_plain_s": cp,
+        "cpu_with_space_s": cw,
+        "cpu_space_s": cw - cp,
+    }
 
 
 def _worker(impl: str, size: str, steps: int, env: dict[str, str]) -> dict:
@@ -116,7 +124,7 @@ def run(size: str = "main", *, steps: int = 30, processes: int = 2, env=None, lo
                 log(f"  torch_step {size} {impl}: {runs[impl][-1]}")
     out: dict = {"B, in, hidden, D, Q, m, k": str(SIZES[size])}
     for impl in IMPLS:
-        for key in ("plain_s", "with_space_s", "space_s"):
+        for key in ("plain_s", "with_space_s", "space_s", "cpu_space_s"):
             value = statistics.median(r[key] for r in runs[impl])
             out[f"{impl} {key[:-2]} ms"] = round(1e3 * value, 2)
     sl, br = out["spacelearn space ms"], out["bridge space ms"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -148,6 +149,32 @@ def _vjp_fn(text: str, grad_mask: tuple[bool, ...]) -> Callable:
 
 # --- between torch and JAX, inside the ops ---------------------------------------------------
 
+_forked_after_jax = False
+
+
+def _note_fork() -> None:
+    global _forked_after_jax
+    from jax._src import xla_bridge
+
+    _forked_after_jax = _forked_after_jax or xla_bridge.backends_are_initialized()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
+
+def _check_not_forked(label: str) -> None:
+    """A child forked after JAX started cannot run JAX (its threads did not survive the fork):
+    it would hang. Say so instead (DataLoader workers use fork by default on Linux)."""
+    if _forked_after_jax:
+        raise RuntimeError(
+            f"space_torch_bridge.{label}: this process was forked after JAX started in its "
+            "parent (e.g. a DataLoader worker with the default 'fork' start method); JAX "
+            "cannot run in a forked child, it would deadlock. Start the workers with "
+            "DataLoader(..., multiprocessing_context='spawn') (or 'forkserver')."
+        )
+
+
 
 def _key(seed: torch.Tensor | None):
     return None if seed is None else jax.random.key(int(seed))
@@ -196,6 +223,7 @@ def _like(leaves: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _loss_impl(leaves, seed, spec_text, grad_mask):
     spec = _spec.parse(spec_text)
+    _check_not_forked(spec.label)
     grad_mask = tuple(grad_mask)
     with _convert.precision_scope(*leaves):
         arrays = _to_jax(spec, leaves)
@@ -217,6 +245,7 @@ def _loss_fake(leaves, seed, spec_text, grad_mask):
 
 def _function_impl(leaves, seed, spec_text, grad_mask):
     spec = _spec.parse(spec_text)
+    _check_not_forked(spec.label)
     with _convert.precision_scope(*leaves):
         outs, flags = _value_fn(spec_text)(_to_jax(spec, leaves), _key(seed))
         _check_finite(spec, flags)
@@ -480,6 +509,7 @@ def host_call(
     for a, n in zip(args, names, strict=True):
         _spec.describe(a, n, label, leaves, leaf_names)
     check_tensors(leaves, leaf_names, label)
+    _check_not_forked(label)
     with _convert.precision_scope(*leaves):
         converted = [_convert.tree_to_jax(a, name=n) for a, n in zip(args, names, strict=True)]
         return fn(*converted, **(static or {}))
