@@ -3,14 +3,16 @@
 Each operation of a size is a set of functions of no arguments over inputs prepared once (torch
 tensors for spacelearn and the bridge, device arrays passed as *arguments* to module-level jitted
 functions for space_jax: arrays closed over would become compile-time constants). They are timed
-together with the hardware bound in interleaved rounds
-(:func:`benchmarks.harness.time_interleaved`).
+in steady-state blocks after a pause, alternating by round
+(:func:`benchmarks.harness.time_blocks`); the headline rows are confirmed with every
+implementation in a process of its own (:mod:`benchmarks.solo`).
 
 The hardware bound ("bound") is the work no implementation of the combined loss and its
 gradient can avoid: ``G = Zc.T @ Zc`` and one ``B x D x D`` product (``Zc @ G``) for the
-backward pass, through NumPy's BLAS on a centered float32 batch. The same products through XLA
-("bound_xla") and through torch's BLAS ("bound_torch") are measured beside it, to show how the
-three libraries' matrix products compare on the machine.
+backward pass, on a centered float32 batch, through whichever of NumPy's BLAS
+("bound_numpy"), XLA ("bound_xla") and torch ("bound_torch") is fastest in that round: all
+three are timed in the same rounds as the combined loss, and the bound of a round is their
+minimum (:func:`benchmarks.harness.min_over`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .harness import peak_rss_increase, quiet, time_interleaved
+from .harness import min_over, peak_rss_increase, quiet, time_blocks
 from .problems import Problem, Size, make_problem
 
 __all__ = [
+    "BOUNDS",
     "IMPLEMENTATIONS",
     "Op",
     "bridge_status",
@@ -34,6 +37,7 @@ __all__ = [
 ]
 
 IMPLEMENTATIONS = ("spacelearn", "space_jax", "bridge")
+BOUNDS = ("bound_numpy", "bound_xla", "bound_torch")
 
 # spacelearn's "auto" solver switches to torch.svd_lowrank (a rank-6 randomised SVD) for
 # matrices with more than this many elements.
@@ -154,7 +158,7 @@ def _bounds(ins: _Inputs) -> dict[str, Callable[[], object]]:
         return zc_t @ g
 
     return {
-        "bound": bound,
+        "bound_numpy": bound,
         "bound_xla": lambda: _block(bound_xla(zc_j)),
         "bound_torch": bound_torch,
     }
@@ -186,7 +190,7 @@ def ops_for(
     *,
     bridge: bool = True,
     which: tuple[str, ...] | None = None,
-    extra_bounds: bool = True,
+    bounds: bool = True,
     bridge_forward: bool = False,
 ) -> list[Op]:
     """The operations of one problem.
@@ -195,7 +199,7 @@ def ops_for(
       p: the problem.
       bridge: include the torch bridge (when it imports).
       which: operation names to build (default all).
-      extra_bounds: time the bound's products through XLA and torch beside the combined loss.
+      bounds: time the bound's products (NumPy, XLA, torch) beside the combined loss.
       bridge_forward: also time the bridge's combined loss forward under ``torch.no_grad()``
         beside its fwd+bwd (on tiny inputs: its fixed cost without autograd).
 
@@ -249,7 +253,7 @@ def ops_for(
                 "spacelearn": ref_combined,
                 "space_jax": jax_combined,
                 "bridge": bridge_combined,
-                **({k: v for k, v in _bounds(ins).items() if k != "bound"} if extra_bounds else {}),
+                **(_bounds(ins) if bounds else {}),
                 **({"bridge_no_grad": bridge_no_grad} if bridge_forward and sb else {}),
             },
             notes=_reference_notes(size, "combined_loss"),
@@ -368,9 +372,6 @@ def ops_for(
             notes=[f"one (B, 1, {size.field_side}, {size.field_side}) field to {n}x{n}, average"],
         )
 
-    bound = _bounds(ins)["bound"]
-    for op in ops:
-        op.fns = {"bound": bound, **op.fns}
     return ops
 
 
@@ -398,31 +399,41 @@ def measure(
     bridge: bool = True,
     which: tuple[str, ...] | None = None,
     memory: bool = True,
-    extra_bounds: bool = True,
+    bounds: bool = True,
     bridge_forward: bool = False,
+    timing: dict | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> list[dict]:
     """Measures the operations of one size; one row (a dict) per operation.
 
-    A row holds the size, the operation, its notes, the timings of every implementation and
-    of the bounds (:meth:`benchmarks.harness.Timing.as_dict`), optionally the loss values
-    each implementation returned and the peak memory of one call.
+    A row holds the size, the operation, its notes, the timings of every implementation and,
+    for the combined loss, of the bounds (:meth:`benchmarks.harness.Timing.as_dict`; "bound"
+    is the per-round fastest of the three), optionally the loss values each implementation
+    returned and the peak memory of one call. ``timing`` passes protocol settings
+    (``pause_s``, ``block_s``, ``min_calls``) to :func:`benchmarks.harness.time_blocks`.
     """
     p = make_problem(size)
     rows = []
-    for op in ops_for(
-        p, bridge=bridge, which=which, extra_bounds=extra_bounds, bridge_forward=bridge_forward
-    ):
+    for op in ops_for(p, bridge=bridge, which=which, bounds=bounds, bridge_forward=bridge_forward):
         gc.collect()
         log(f"  {size.name}: {op.name}")
-        timings = time_interleaved(
-            op.fns, rounds=rounds, min_rounds=min_rounds, max_seconds=max_seconds
+        timings = time_blocks(
+            op.fns,
+            rounds=rounds,
+            min_rounds=min_rounds,
+            max_seconds=max_seconds,
+            **(timing or {}),
         )
+        times = {name: t.as_dict() for name, t in timings.items()}
+        bound = min_over([times[k] for k in BOUNDS if k in times])
+        if bound is not None:
+            times["bound"] = bound
         row = {
             "size": size.as_dict(),
             "op": op.name,
             "notes": op.notes,
-            "times": {name: t.as_dict() for name, t in timings.items()},
+            "method": "one process, steady-state blocks",
+            "times": times,
         }
         if op.values:
             row["values"] = {name: fn() for name, fn in op.values.items()}

@@ -1,11 +1,18 @@
 """Timing, peak memory and the machine description.
 
-Timing protocol: each function is called once on its own (the first call: for a jitted JAX
-function that is trace + compile + run, reported apart), once more to warm caches, then the
-functions run in interleaved rounds, each once per round in a rotating order, so that a change
-in machine load during the measurement affects every implementation alike; the figure reported
-is the median over rounds (the minimum is kept in the JSON file too). Functions must return only
-when their work is done (``jax.block_until_ready``; torch on CPU is synchronous).
+Timing protocol (steady-state blocks): each function is called once on its own (the first
+call: for a jitted JAX function that is trace + compile + run, reported apart) and once more
+to warm caches and to estimate its cost. Then, in every round, each function in turn sleeps
+for a pause (so that the thread pools of whatever ran before, XLA's, OpenBLAS's or torch's
+OpenMP workers, stop spinning and give the cores back) and runs a block of consecutive calls,
+as a training loop would. The functions take turns in an order that alternates from round to
+round (forward, then backward), so that drifting machine load hits every function alike.
+
+A round's figure for a function is the median call of its block; the reported ``median_s`` is
+the median over rounds, and ratios between two functions are taken per round, then the median
+over rounds (:func:`ratio`), so that both sides of a ratio always come from the same round.
+Functions must return only when their work is done (``jax.block_until_ready``; torch on CPU is
+synchronous).
 """
 
 from __future__ import annotations
@@ -14,31 +21,42 @@ import contextlib
 import gc
 import importlib.metadata
 import io
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
 __all__ = [
     "Timing",
     "machine",
+    "min_over",
     "peak_rss_increase",
     "quiet",
-    "time_interleaved",
+    "ratio",
+    "time_blocks",
 ]
+
+# Defaults of the protocol: pause before each block, the time a block aims at, its call counts.
+PAUSE_S = 0.05
+BLOCK_S = 0.2
+MIN_CALLS = 2
+MAX_CALLS = 100
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Timing of one function: median and minimum over rounds, and its first call."""
+    """Timing of one function: per-round figures (seconds per call) and its first call."""
 
     median_s: float
     min_s: float
     first_s: float
     rounds: int
+    calls: int = 1
+    samples: tuple[float, ...] = field(default=())
 
     @property
     def compile_s(self) -> float:
@@ -46,7 +64,47 @@ class Timing:
         return max(self.first_s - self.median_s, 0.0)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "compile_s": self.compile_s}
+        return {**asdict(self), "samples": list(self.samples), "compile_s": self.compile_s}
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[float], first_s: float, calls: int) -> Timing:
+        return cls(
+            median_s=statistics.median(samples),
+            min_s=min(samples),
+            first_s=first_s,
+            rounds=len(samples),
+            calls=calls,
+            samples=tuple(samples),
+        )
+
+
+def ratio(a: Mapping | Timing | None, b: Mapping | Timing | None, stat: str = "median"):
+    """``a / b`` as the median over rounds of the per-round ratios (``stat="min"``: the ratio
+    of the minima). Falls back to the ratio of the medians when the rounds do not pair up.
+    None when either side is missing."""
+    if a is None or b is None:
+        return None
+    a = a.as_dict() if isinstance(a, Timing) else a
+    b = b.as_dict() if isinstance(b, Timing) else b
+    sa, sb = a.get("samples") or [], b.get("samples") or []
+    if stat == "median" and sa and len(sa) == len(sb) and all(x > 0 for x in sb):
+        return statistics.median(x / y for x, y in zip(sa, sb, strict=True))
+    key = f"{stat}_s"
+    if not b.get(key):
+        return None
+    return a[key] / b[key]
+
+
+def min_over(timings: Sequence[Mapping]) -> dict | None:
+    """Per round, the fastest of several functions measured in the same rounds (the bound is
+    the fastest BLAS of the round), as a timing dict with ``samples``."""
+    timings = [t for t in timings if t and t.get("samples")]
+    if not timings:
+        return None
+    n = min(len(t["samples"]) for t in timings)
+    samples = [min(t["samples"][r] for t in timings) for r in range(n)]
+    first = min(t.get("first_s", 0.0) for t in timings)
+    return Timing.from_samples(samples, first, min(t.get("calls", 1) for t in timings)).as_dict()
 
 
 @contextlib.contextmanager
@@ -56,54 +114,74 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def time_interleaved(
+def calls_for(
+    seconds_per_call: float,
+    block_s: float = BLOCK_S,
+    min_calls: int = MIN_CALLS,
+    max_calls: int = MAX_CALLS,
+) -> int:
+    """Calls per block: enough to fill ``block_s``, within ``[min_calls, max_calls]``."""
+    if seconds_per_call <= 0:
+        return max_calls
+    return max(min_calls, min(max_calls, math.ceil(block_s / seconds_per_call)))
+
+
+def run_block(fn: Callable[[], object], calls: int) -> float:
+    """Runs ``calls`` consecutive calls; returns the median call time in seconds."""
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_blocks(
     fns: Mapping[str, Callable[[], object]],
     *,
     rounds: int,
-    min_rounds: int = 3,
+    min_rounds: int = 2,
     max_seconds: float | None = None,
+    pause_s: float = PAUSE_S,
+    block_s: float = BLOCK_S,
+    min_calls: int = MIN_CALLS,
+    max_calls: int = MAX_CALLS,
 ) -> dict[str, Timing]:
-    """Times functions in interleaved rounds.
+    """Times functions in steady-state blocks after a pause, alternating the order by round.
 
     Args:
       fns: name -> function of no arguments that returns when its work is done.
-      rounds: number of rounds (each function once per round).
+      rounds: number of rounds (one block of each function per round).
       min_rounds: rounds always run, whatever ``max_seconds`` says.
       max_seconds: stop after the round that passes this much time (None: no limit).
+      pause_s: sleep before each block.
+      block_s, min_calls, max_calls: a block has enough calls to last about ``block_s``.
 
     Returns:
-      name -> :class:`Timing`.
+      name -> :class:`Timing` whose ``samples`` are the rounds' median calls, in round order.
     """
     names = list(fns)
-    first = {}
+    first, calls = {}, {}
     for name in names:
+        time.sleep(pause_s)
         t0 = time.perf_counter()
         fns[name]()
         first[name] = time.perf_counter() - t0
-    for name in names:  # a second call: allocator and caches warm, lazy initialisation done
-        fns[name]()
+        t0 = time.perf_counter()
+        fns[name]()  # allocator and caches warm, lazy initialisation done
+        calls[name] = calls_for(time.perf_counter() - t0, block_s, min_calls, max_calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     gc.collect()
     start = time.perf_counter()
     for r in range(max(rounds, 1)):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            t0 = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - t0)
+        for name in names if r % 2 == 0 else names[::-1]:
+            time.sleep(pause_s)
+            samples[name].append(run_block(fns[name], calls[name]))
         done = r + 1
         if max_seconds is not None and done >= min_rounds:
             if time.perf_counter() - start > max_seconds:
                 break
-    return {
-        name: Timing(
-            median_s=statistics.median(samples[name]),
-            min_s=min(samples[name]),
-            first_s=first[name],
-            rounds=len(samples[name]),
-        )
-        for name in names
-    }
+    return {name: Timing.from_samples(samples[name], first[name], calls[name]) for name in names}
 
 
 def _status_bytes(field: str) -> int | None:
@@ -197,3 +275,15 @@ def machine() -> dict:
     except ImportError:
         info["torch_threads"] = None
     return info
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int,
+    min_rounds: int = 3,
+    max_seconds: float | None = None,
+) -> dict[str, Timing]:
+    """The former name of :func:`time_blocks` (kept for callers): the same protocol, steady-state
+    blocks after a pause, not call-by-call interleaving."""
+    return time_blocks(fns, rounds=rounds, min_rounds=min_rounds, max_seconds=max_seconds)

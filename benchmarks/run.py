@@ -4,9 +4,12 @@
 
 Writes ``results.md`` (the tables), ``results.json`` (every number, with the machine) and
 ``scaling.png`` (log-log time against B and against D) to the output folder, and prints the
-markdown. Run it on a quiet machine: the numbers are medians of interleaved rounds, so load
-hits every implementation alike, but a loaded machine still adds noise (the load average at
-the start and the end is recorded).
+markdown. Method (:mod:`benchmarks.harness`): each implementation runs a block of consecutive
+calls (its steady state) after a pause that lets the other libraries' threads go idle; blocks
+alternate by round and ratios are taken per round. The headline rows (``HEADLINE``) are then
+measured again with each implementation in a process of its own (:mod:`benchmarks.solo`). Run
+it on a quiet machine: load still adds noise (the load average at the start and the end is
+recorded).
 
 OpenBLAS: when ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` is set, the suite restarts itself
 without them (``--keep-openblas-env`` keeps them), so that NumPy's BLAS, which measures the
@@ -25,9 +28,17 @@ from pathlib import Path
 _OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 # Rounds per size, and the time after which an operation stops adding rounds.
-_ROUNDS = {"small": 40, "main": 20, "large": 8}
-_MAX_SECONDS = 60.0
-_SWEEP_ROUNDS = 8
+_ROUNDS = {"small": 5, "main": 5, "large": 4}
+_MAX_SECONDS = 30.0
+_SWEEP_ROUNDS = 3
+# Rows confirmed with every implementation in its own process, and their rounds.
+HEADLINE = (
+    ("main", "combined_loss fwd+bwd"),
+    ("large", "combined_loss fwd+bwd"),
+    ("main", "solve_subspaces"),
+    ("large", "solve_subspaces"),
+)
+_PROCESS_ROUNDS = 5
 _SWEEP_B = (512, 1024, 2048, 4096, 8192, 16384)
 _SWEEP_D = (64, 128, 256, 512, 1024)
 _QUICK_SWEEP_B = (256, 512)
@@ -48,21 +59,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="small,main,large", help="comma-separated: small,main,large")
     p.add_argument("--out", default="artifacts/bench", help="output folder")
     p.add_argument(
+        "--ops",
+        default=None,
+        help="comma-separated operation names to measure (default all), e.g. "
+        "'combined_loss fwd+bwd,solve_subspaces'",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: 3 rounds, small sweeps (numbers are not meaningful)",
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds per operation (all sizes)")
+    p.add_argument(
+        "--pause", type=float, default=None, help="seconds of idle before each block (0.05)"
+    )
+    p.add_argument("--block", type=float, default=None, help="seconds a block aims at (0.2)")
     p.add_argument("--max-seconds", type=float, default=None, help="time cap per operation")
     p.add_argument("--sweep-B", type=_ints, default=None, help="batch sizes of the B sweep")
     p.add_argument("--sweep-D", type=_ints, default=None, help="latent dims of the D sweep")
     p.add_argument("--no-sweeps", action="store_true", help="skip the B and D sweeps")
     p.add_argument("--no-bridge", action="store_true", help="skip space_torch_bridge")
+    p.add_argument(
+        "--no-processes",
+        action="store_true",
+        help="skip the separate-process confirmation of the headline rows",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory measurements")
     p.add_argument(
         "--no-extras",
         action="store_true",
-        help="skip benchmarks.shared_space, benchmarks.sweep and benchmarks.streaming",
+        help="skip benchmarks.shared_space, benchmarks.sweep, benchmarks.breakdown and "
+        "benchmarks.streaming",
     )
     p.add_argument(
         "--xla-flags",
@@ -133,7 +160,7 @@ def _call_extra(module: str, calls: dict[str, tuple[tuple, dict]], log) -> dict:
 def _extras(sizes, quick: bool, log) -> dict:
     """The neighbour benchmarks, at the requested sizes they offer (only "small" when quick)."""
     out = {}
-    for module in ("shared_space", "sweep"):
+    for module in ("shared_space", "sweep", "breakdown"):
         mod, status = _import_extra(module)
         if mod is None:
             out[module] = {"all sizes": status}
@@ -173,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     limits = _single_thread(log) if args.single_thread else None
 
     from . import core, harness, problems, report
+    from .harness import BLOCK_S, MIN_CALLS, PAUSE_S
 
     if args.render is not None:
         import json
@@ -196,11 +224,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     max_seconds = args.max_seconds or (5.0 if args.quick else _MAX_SECONDS)
     min_rounds = 2 if args.quick else 3
+    ops = None if args.ops is None else tuple(o.strip() for o in args.ops.split(",") if o.strip())
+    timing = {
+        "pause_s": args.pause if args.pause is not None else (0.005 if args.quick else PAUSE_S),
+        "block_s": args.block if args.block is not None else (0.005 if args.quick else BLOCK_S),
+        "min_calls": 1 if args.quick else MIN_CALLS,
+    }
+    results_timing = dict(timing)
     bridge = not args.no_bridge
     t_start = time.perf_counter()
     results: dict = {
         "machine": harness.machine(),
-        "config": {k: v for k, v in vars(args).items()},
+        "config": {**vars(args), "timing": results_timing},
         "rows": [],
         "sweeps": {},
         "extras": {},
@@ -217,9 +252,15 @@ def main(argv: list[str] | None = None) -> dict:
             max_seconds=max_seconds,
             min_rounds=min_rounds,
             bridge=bridge,
+            which=ops,
             memory=not args.no_memory,
+            timing=timing,
             log=log,
         )
+
+    if not args.no_processes:
+        log("benchmarks: headline rows in separate processes")
+        results["processes"] = _processes(names, ops, args, bridge, timing, log)
 
     if bridge:
         log("benchmarks: bridge overhead")
@@ -235,8 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
                     min_rounds=min_rounds,
                     which=("combined_loss fwd+bwd",),
                     memory=False,
-                    extra_bounds=False,
+                    bounds=False,
                     bridge_forward=True,
+                    timing=timing,
                     log=log,
                 )
             }
@@ -258,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
                     bridge=bridge,
                     which=("combined_loss fwd+bwd",),
                     memory=False,
-                    extra_bounds=False,
+                    timing=timing,
                     log=log,
                 )
             ]
@@ -276,6 +318,47 @@ def main(argv: list[str] | None = None) -> dict:
         print(Path(paths["markdown"]).read_text())
         log(f"wrote {', '.join(str(p) for p in paths.values())} in {results['elapsed_s']:.0f} s")
     return results
+
+
+def _processes(names, ops, args, bridge: bool, timing: dict, log) -> list[dict]:
+    """The headline rows of the requested sizes, each implementation in its own process
+    (``--quick``: the first headline operation at the first size, as a smoke test)."""
+    from . import core, problems, solo
+    from .harness import min_over
+
+    impls = ["spacelearn", "space_jax", *(["bridge"] if bridge else [])]
+    rows = []
+    headline = ((names[0], HEADLINE[0][1]),) if args.quick else HEADLINE
+    for size, op in headline:
+        if size not in names or (ops is not None and op not in ops):
+            continue
+        log(f"  {size}: {op} (separate processes)")
+        which = impls + (list(core.BOUNDS) if op.startswith("combined_loss") else [])
+        try:
+            timings = solo.time_processes(
+                size,
+                op,
+                which,
+                rounds=2 if args.quick else (args.rounds or _PROCESS_ROUNDS),
+                **timing,
+            )
+        except Exception as e:  # noqa: BLE001 - the in-process rows stand without it
+            rows.append({"size": problems.SIZES[size].as_dict(), "op": op, "error": str(e)})
+            continue
+        times = {k: t.as_dict() for k, t in timings.items()}
+        bound = min_over([times[k] for k in core.BOUNDS if k in times])
+        if bound is not None:
+            times["bound"] = bound
+        rows.append(
+            {
+                "size": problems.SIZES[size].as_dict(),
+                "op": op,
+                "method": "separate processes, steady-state blocks",
+                "notes": [],
+                "times": times,
+            }
+        )
+    return rows
 
 
 def _single_thread(log):

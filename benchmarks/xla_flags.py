@@ -45,10 +45,12 @@ def measure(sizes: list[str], rounds: int) -> dict:
             bridge=False,
             which=("combined_loss fwd+bwd",),
             memory=False,
-            extra_bounds=True,
+            bounds=True,
         )
         t = row["times"]
-        out[name] = {k: t[k]["median_s"] for k in ("bound", "bound_xla", "space_jax")}
+        out[name] = {
+            k: t[k]["median_s"] for k in ("bound", "bound_numpy", "bound_xla", "space_jax")
+        }
     return out
 
 

@@ -5,17 +5,19 @@ The pipeline of spacelearn's README, in JAX and Flax NNX:
 1. Data made here: solutions of the heat equation ``u_t = nu * (u_xx + u_yy)`` on a periodic
    grid, from random Gaussian-blob initial conditions, observed at random times. Per sample,
    four quantities: the field, its gradient magnitude, its Laplacian and its energy density
-   ``u**2 / 2``, pooled with ``input_to_quantity``.
+   ``u**2 / 2``, pooled with ``input_to_quantity``. Splits: training (its last ``n_val``
+   fields are the validation split of step 3) and a held-out test split.
 2. ``solve_dims`` picks the pooling grid and the subspace size of each quantity,
    ``minimal_latent_dim`` the latent size.
-3. An MLP autoencoder (Flax NNX) is trained on reconstruction plus the SPACE loss, the subspaces
-   refreshed every few epochs by ``space_jax.nnx.SpaceRegularizer``; the same model from the
-   same initialisation, on the same batches, without the SPACE loss is the baseline.
-4. Both are evaluated on held-out fields: each pooled quantity is decoded linearly from its
-   k-dimensional subspace, fitted on the training split (R^2), plus the SPACE terms.
-5. A small sweep over the SPACE weight and the seed (``space_jax.sweep``).
+3. Model selection: an MLP autoencoder (Flax NNX) trained on reconstruction plus the SPACE
+   loss, for every configuration of a grid over the four loss weights, as ONE vmapped program
+   (``space_jax.sweep``); each is scored by the held-out R^2 of decoding every quantity linearly
+   from its k-dimensional subspace, on the validation split.
+4. The selected configuration and the baseline (the same model, initialisation and batches
+   without the SPACE loss) are retrained on the whole training split, the subspaces refreshed
+   every few epochs by ``space_jax.nnx.SpaceRegularizer``, and compared on the test split.
 
-Writes ``artifacts/demo/metrics.json`` and plots under ``artifacts/demo/``. Run with
+Writes ``artifacts/demo/metrics.json``, then plots, under ``artifacts/demo/``. Run with
 ``python examples/demo.py`` (``make demo``); ``--quick`` runs a tiny version in seconds.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import sys
 import time
@@ -30,16 +33,35 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
 import space_jax as sj
 from space_jax.nnx import SpaceRegularizer
 
 QUANTITIES = ("field", "grad_mag", "laplacian", "energy")
+OPTIONAL = {"tqdm": "progress bars", "matplotlib": "the plots"}
+
+
+def require_optional(*, plots: bool = True) -> None:
+    """Stops with a clear message, before any work, when an optional dependency is missing."""
+    needed = [n for n in OPTIONAL if plots or n != "matplotlib"]
+    missing = [n for n in needed if importlib.util.find_spec(n) is None]
+    if missing:
+        what = ", ".join(f"{n} ({OPTIONAL[n]})" for n in missing)
+        raise SystemExit(
+            f"examples/demo.py needs {what}: pip install 'space-jax[demo]' "
+            f"(or pip install {' '.join(missing)})"
+            + (
+                "; or run with --no-plots"
+                if plots and "matplotlib" in missing and len(missing) == 1
+                else ""
+            )
+        )
+
+
+WEIGHT_NAMES = sj.LossWeights._fields  # alignment, disentanglement, isotropy, stability
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +81,16 @@ class Config:
     bin_threshold: float = 0.80
     k_threshold: float = 0.80
     free_frac: float = 0.30
-    space_weight: float = 1.0  # one weight for all four SPACE terms
-    sweep_weights: tuple = (0.0, 0.1, 0.3, 1.0, 3.0)
-    sweep_seeds: tuple = (0, 1)
+    n_val: int = 512  # the last n_val training fields: the model selection's validation split
+    # The model selection's grid: the four SPACE weights and the learning rate (stability has no
+    # gradient here: W is refitted, not learned, so one value).
+    grid_values: tuple = (
+        ("alignment", (0.1, 0.3, 1.0, 3.0)),
+        ("disentanglement", (0.0, 0.03)),
+        ("isotropy", (0.0, 0.03)),
+        ("stability", (1.0,)),
+        ("lr", (1e-3,)),
+    )
     sweep_epochs: int = 12
     seed: int = 0
 
@@ -77,8 +106,14 @@ class Config:
             hidden=64,
             refresh_every=2,
             max_bins=4,
-            sweep_weights=(0.0, 1.0),
-            sweep_seeds=(0,),
+            n_val=64,
+            grid_values=(
+                ("alignment", (0.3, 1.0)),
+                ("disentanglement", (0.0,)),
+                ("isotropy", (0.0, 0.1)),
+                ("stability", (1.0,)),
+                ("lr", (1e-3,)),
+            ),
             sweep_epochs=2,
         )
 
@@ -159,20 +194,11 @@ class AutoEncoder(nnx.Module):
         return self.dec3(nnx.gelu(self.dec2(nnx.gelu(self.dec1(z)))))
 
 
-def _losses(model: AutoEncoder, x, y, space_weight):
+def _losses(model: AutoEncoder, x, y, weights: sj.LossWeights):
     z = model.encode(x)
     task = jnp.mean((model.decode(z) - x.reshape(x.shape[0], -1)) ** 2)
-    weights = sj.LossWeights(*(space_weight * w for w in model.space.weights.get_value()))
     space, terms = model.space.loss_and_terms(z, y, weights=weights)
     return task + space, (task, terms)
-
-
-@nnx.jit
-def train_step(model, optimizer, x, y, space_weight):
-    grads_fn = nnx.value_and_grad(_losses, has_aux=True)
-    (_, (task, terms)), grads = grads_fn(model, x, y, space_weight)
-    optimizer.update(model, grads)
-    return task, terms
 
 
 @nnx.jit
@@ -191,7 +217,7 @@ def refresh(model, x_ref, y_ref):
 
 
 def _mean_principal_angle(w_old: jax.Array, w_new: jax.Array) -> jax.Array:
-    cosines = jnp.clip(jnp.linalg.svd(w_old @ w_new.T, compute_uv=False), 0.0, 1.0)
+    cosines = jnp.clip(sj.linalg.svd(w_old @ w_new.T, compute_uv=False), 0.0, 1.0)
     return jnp.degrees(jnp.arccos(cosines)).mean()
 
 
@@ -249,7 +275,14 @@ def evaluate(model, data: dict, k: dict) -> dict:
 
 
 def make_data(cfg: Config) -> tuple[dict, dict]:
-    """Fields, pooled and standardised quantities, and the sizes from ``solve_dims``."""
+    """Fields, pooled and standardised quantities, and the sizes from ``solve_dims``.
+
+    Three splits: ``train`` (``n_train`` fields), whose last ``n_val`` form the validation
+    split of the model selection (``fit`` is the rest), and ``test`` (``n_test`` fields),
+    used only for the final comparison.
+    """
+    if not 0 < cfg.n_val < cfg.n_train:
+        raise ValueError(f"n_val: expected 0 < n_val < n_train = {cfg.n_train}, got {cfg.n_val}")
     rng = np.random.default_rng(cfg.seed)
     u = heat_fields(cfg.n_train + cfg.n_test, cfg.grid, rng)
     u = u / u[: cfg.n_train].std()
@@ -270,12 +303,22 @@ def make_data(cfg: Config) -> tuple[dict, dict]:
     scale = {q: float(jnp.std(y_train[q] - y_train[q].mean(axis=0))) for q in QUANTITIES}
     y_train = {q: y_train[q] / scale[q] for q in QUANTITIES}
     y_test = {q: y_test[q] / scale[q] for q in QUANTITIES}
-    data = {"x_train": u_train, "x_test": u_test, "y_train": y_train, "y_test": y_test}
+    n_fit = cfg.n_train - cfg.n_val
+    data = {
+        "x_train": u_train,
+        "x_test": u_test,
+        "y_train": y_train,
+        "y_test": y_test,
+        "x_fit": u_train[:n_fit],
+        "y_fit": {q: v[:n_fit] for q, v in y_train.items()},
+        "x_val": u_train[n_fit:],
+        "y_val": {q: v[n_fit:] for q, v in y_train.items()},
+    }
     sizes = {"n_bins": n_bins, "k": k, "latent_dim": latent_dim, "dims": dims}
     return data, sizes
 
 
-def build_model(cfg: Config, sizes: dict, data: dict, seed: int) -> AutoEncoder:
+def build_model(cfg: Config, sizes: dict, data: dict, seed) -> AutoEncoder:
     shapes = {q: tuple(v.shape[1:]) for q, v in data["y_train"].items()}
     space = SpaceRegularizer(sizes["latent_dim"], shapes, k=sizes["k"])
     return AutoEncoder(
@@ -283,23 +326,52 @@ def build_model(cfg: Config, sizes: dict, data: dict, seed: int) -> AutoEncoder:
     )
 
 
-def train(cfg: Config, sizes: dict, data: dict, *, space_weight: float, label: str) -> dict:
-    """Trains one model; returns it with per-epoch curves and per-refresh drift."""
+def _weights(config) -> sj.LossWeights:
+    return sj.LossWeights(*(config[w] for w in WEIGHT_NAMES))
+
+
+def _epoch_batches(cfg: Config, n: int, epoch) -> jax.Array:
+    """``(n // batch, batch)`` sample indices of one epoch: the same for every model."""
+    perm = jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.seed + 1), epoch), n)
+    n_batches = n // cfg.batch
+    return perm[: n_batches * cfg.batch].reshape(n_batches, cfg.batch)
+
+
+def _train_epoch(graphdef, state, x, y, batches, weights):
+    """One epoch of Adam steps as a ``lax.scan`` (functional NNX); per-step losses."""
+
+    def step(state, idx):
+        model, optimizer = nnx.merge(graphdef, state)
+        yb = {q: v[idx] for q, v in y.items()}
+        grads_fn = nnx.grad(_losses, has_aux=True)
+        grads, (task, terms) = grads_fn(model, x[idx], yb, weights)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), (task, terms)
+
+    return jax.lax.scan(step, state, batches)
+
+
+@nnx.jit
+def train_epoch(model, optimizer, x, y, batches, weights):
+    """One epoch (``batches``: ``(n_batches, batch)`` indices), compiled once; mean losses."""
+    graphdef, state = nnx.split((model, optimizer))
+    state, (task, terms) = _train_epoch(graphdef, state, x, y, batches, weights)
+    nnx.update((model, optimizer), state)
+    return task.mean(), {t: v.mean() for t, v in terms.items()}
+
+
+def train(cfg: Config, sizes: dict, data: dict, *, config: dict, label: str) -> dict:
+    """Trains one model on the whole training split; returns it with per-epoch curves and
+    per-refresh drift. ``config``: the four loss weights and ``lr``."""
     model = build_model(cfg, sizes, data, cfg.seed)
-    optimizer = nnx.Optimizer(model, optax.adam(cfg.lr), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, optax.adam(config["lr"]), wrt=nnx.Param)
     x_ref = data["x_train"][: cfg.n_ref]
     y_ref = {q: v[: cfg.n_ref] for q, v in data["y_train"].items()}
-    order = np.random.default_rng(cfg.seed + 1)  # same batches for every model
-    n_batches = cfg.n_train // cfg.batch
-    weight = jnp.asarray(space_weight, jnp.float32)
-    history = {
-        "task": [],
-        "alignment": [],
-        "disentanglement": [],
-        "isotropy": [],
-        "drift": [],
-        "span_drift": [],
-    }
+    weights = sj.LossWeights(*(jnp.asarray(config[w], jnp.float32) for w in WEIGHT_NAMES))
+    history = {t: [] for t in ("task", "alignment", "disentanglement", "isotropy")}
+    history.update(drift=[], span_drift=[])
+    from tqdm.auto import tqdm
+
     bar = tqdm(range(cfg.epochs), desc=f"{label:>8}", unit="epoch", leave=True)
     for epoch in bar:
         if epoch % cfg.refresh_every == 0:
@@ -307,17 +379,13 @@ def train(cfg: Config, sizes: dict, data: dict, *, space_weight: float, label: s
             if epoch > 0:
                 history["drift"].append({q: float(d) for q, d in drift["direction"].items()})
                 history["span_drift"].append({q: float(d) for q, d in drift["span"].items()})
-        perm = order.permutation(cfg.n_train)
-        sums = dict.fromkeys(("task", "alignment", "disentanglement", "isotropy"), 0.0)
-        for b in range(n_batches):
-            idx = jnp.asarray(perm[b * cfg.batch : (b + 1) * cfg.batch])
-            y = {q: v[idx] for q, v in data["y_train"].items()}
-            task, terms = train_step(model, optimizer, data["x_train"][idx], y, weight)
-            sums["task"] += task
-            for t in ("alignment", "disentanglement", "isotropy"):
-                sums[t] += terms[t]
-        for t, s in sums.items():
-            history[t].append(float(s) / n_batches)
+        batches = _epoch_batches(cfg, cfg.n_train, epoch)
+        task, terms = train_epoch(
+            model, optimizer, data["x_train"], data["y_train"], batches, weights
+        )
+        history["task"].append(float(task))
+        for t in ("alignment", "disentanglement", "isotropy"):
+            history[t].append(float(terms[t]))
         bar.set_postfix(task=f"{history['task'][-1]:.4f}", align=f"{history['alignment'][-1]:.3f}")
     return {"model": model, "history": history}
 
@@ -331,39 +399,26 @@ def _r2_traced(y_true: jax.Array, y_pred: jax.Array) -> jax.Array:
 def make_sweep_train(cfg: Config, sizes: dict, data: dict):
     """A pure training function of one configuration, for ``sj.sweep`` (functional NNX).
 
-    Everything the loop of :func:`train` does (refreshes, Adam steps, held-out evaluation)
-    runs inside ``lax.scan``: an outer scan over refresh periods, an inner one over batches.
-    ``config`` holds traced scalars: ``space_weight`` and the initialisation ``seed``.
+    The loop of :func:`train` (refreshes, Adam steps) runs inside ``lax.scan`` for
+    ``sweep_epochs`` epochs on the ``fit`` split; the result is each quantity's decode R^2 on
+    the validation split, with subspaces and decoders fitted on the ``fit`` split. ``config``
+    holds traced scalars: the four loss weights and ``lr``.
     """
     shapes = {q: tuple(v.shape[1:]) for q, v in data["y_train"].items()}
     k, latent_dim = sizes["k"], sizes["latent_dim"]
-    n_batches = cfg.n_train // cfg.batch
     periods = -(-cfg.sweep_epochs // cfg.refresh_every)
-    tx = optax.adam(cfg.lr)
 
-    def new_model(seed):
+    def train_fn(config, x, y, x_ref, y_ref, x_val, y_val):
         space = SpaceRegularizer(latent_dim, shapes, k=k)
-        return AutoEncoder(
-            cfg.grid**2, cfg.hidden, latent_dim, space, rngs=nnx.Rngs(jax.random.key(seed))
-        )
-
-    def train_fn(config, x, y, x_ref, y_ref, x_test, y_test):
-        model = new_model(config["seed"])
-        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        rngs = nnx.Rngs(jax.random.key(cfg.seed))
+        model = AutoEncoder(cfg.grid**2, cfg.hidden, latent_dim, space, rngs=rngs)
+        optimizer = nnx.Optimizer(model, optax.adam(config["lr"]), wrt=nnx.Param)
         graphdef, state = nnx.split((model, optimizer))
-        perm_key = jax.random.key(cfg.seed + 1)
-
-        def step(state, idx):
-            model, optimizer = nnx.merge(graphdef, state)
-            yb = {q: v[idx] for q, v in y.items()}
-            grads, _ = nnx.grad(_losses, has_aux=True)(model, x[idx], yb, config["space_weight"])
-            optimizer.update(model, grads)
-            return nnx.state((model, optimizer)), None
+        weights = _weights(config)
 
         def epoch(state, e):
-            perm = jax.random.permutation(jax.random.fold_in(perm_key, e), x.shape[0])
-            batches = perm[: n_batches * cfg.batch].reshape(n_batches, cfg.batch)
-            return jax.lax.scan(step, state, batches)[0], None
+            batches = _epoch_batches(cfg, x.shape[0], e)
+            return _train_epoch(graphdef, state, x, y, batches, weights)[0], None
 
         def period(state, p):
             model, optimizer = nnx.merge(graphdef, state)
@@ -373,48 +428,62 @@ def make_sweep_train(cfg: Config, sizes: dict, data: dict):
 
         state, _ = jax.lax.scan(period, state, jnp.arange(periods))
         model, _ = nnx.merge(graphdef, state)
-        z_train, z_test = model.encode(x), model.encode(x_test)
-        space = sj.solve_subspaces(z_train, y, k=k)
-        z_mean = z_train.mean(axis=0)
-        r2 = []
+        z_fit, z_val = model.encode(x), model.encode(x_val)
+        fitted = sj.solve_subspaces(z_fit, y, k=k)
+        z_mean = z_fit.mean(axis=0)
+        out = {}
         for q in QUANTITIES:
             y_mean = y[q].reshape(x.shape[0], -1).mean(axis=0)
-            r2.append(_r2_traced(y_test[q], (z_test - z_mean) @ space.W[q].T @ space.A[q] + y_mean))
-        recon = model.decode(z_test)
-        return {
-            "mean_decode_r2": jnp.mean(jnp.stack(r2)),
-            "reconstruction_mse": jnp.mean((recon - x_test.reshape(x_test.shape[0], -1)) ** 2),
-        }
+            pred = (z_val - z_mean) @ fitted.W[q].T @ fitted.A[q] + y_mean
+            out[f"val_r2_{q}"] = _r2_traced(y_val[q], pred)
+        out["val_mean_r2"] = jnp.mean(jnp.stack([out[f"val_r2_{q}"] for q in QUANTITIES]))
+        recon = model.decode(z_val)
+        out["val_reconstruction_mse"] = jnp.mean((recon - x_val.reshape(len(x_val), -1)) ** 2)
+        return out
 
     return train_fn
 
 
-def vmap_is_safe() -> bool:
-    """Whether batched LAPACK calls (what ``vmap`` makes of the SVDs and eigensolvers of a
-    SPACE run) are safe here.
+def grid_configs(cfg: Config) -> list[dict]:
+    """The configurations of the model selection: the product grid, then the baseline (every
+    SPACE weight 0, the first learning rate)."""
+    grid = {name: list(values) for name, values in cfg.grid_values}
+    configs = sj.expand_grid(grid)
+    baseline = {**dict.fromkeys(WEIGHT_NAMES, 0.0), "lr": grid["lr"][0]}
+    return [*configs, baseline]
 
-    jaxlib 0.10 on CPU spreads a batched LAPACK call over XLA's intra-op thread pool and blocks
-    until the pieces are done; when the call itself runs on a pool thread, this can deadlock
-    (seen here in the full-size sweep: ``ParallelBatchMap`` in ``lapack_sgesdd_ffi``, every
-    worker idle). jaxlib 0.11 no longer does this.
+
+def select(result: sj.SweepResult) -> tuple[int, str]:
+    """Index of the selected configuration and why, from validation scores only.
+
+    The rule: among configurations that decode every quantity at least as well as the baseline
+    (the last row) on the validation split, the best mean validation R^2; if none does, the
+    best mean.
     """
-    if jax.default_backend() != "cpu":
-        return True
-    major, minor = (int(p) for p in jaxlib.__version__.split(".")[:2])
-    return (major, minor) >= (0, 11)
+    rows = result.rows()
+    baseline = rows[-1]
+    candidates = [
+        i
+        for i, r in enumerate(rows[:-1])
+        if all(r[f"val_r2_{q}"] >= baseline[f"val_r2_{q}"] for q in QUANTITIES)
+    ]
+    pool = candidates if candidates else list(range(len(rows) - 1))
+    best = max(pool, key=lambda i: rows[i]["val_mean_r2"])
+    why = (
+        f"best validation mean R² among the {len(candidates)} configurations that match or "
+        "beat the baseline on every quantity"
+        if candidates
+        else "no configuration matched the baseline on every quantity: best validation mean R²"
+    )
+    return best, why
 
 
-def sweep_space_weight(
-    cfg: Config, sizes: dict, data: dict, *, vectorize: bool | None = None
-) -> sj.SweepResult:
-    """The SPACE weight x seed grid: one vmapped program, or one run after another where
-    :func:`vmap_is_safe` says no (``vectorize=None``)."""
-    vectorize = vmap_is_safe() if vectorize is None else vectorize
-    grid = {"space_weight": list(cfg.sweep_weights), "seed": list(cfg.sweep_seeds)}
-    x_ref = data["x_train"][: cfg.n_ref]
-    y_ref = {q: v[: cfg.n_ref] for q, v in data["y_train"].items()}
-    args = (data["x_train"], data["y_train"], x_ref, y_ref, data["x_test"], data["y_test"])
-    return sj.sweep(make_sweep_train(cfg, sizes, data), grid, *args, vectorize=vectorize)
+def model_selection(cfg: Config, sizes: dict, data: dict) -> sj.SweepResult:
+    """The grid, vmapped (``sj.sweep``): trained on the ``fit`` split, scored on ``val``."""
+    x_ref = data["x_fit"][: cfg.n_ref]
+    y_ref = {q: v[: cfg.n_ref] for q, v in data["y_fit"].items()}
+    args = (data["x_fit"], data["y_fit"], x_ref, y_ref, data["x_val"], data["y_val"])
+    return sj.sweep(make_sweep_train(cfg, sizes, data), grid_configs(cfg), *args)
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -510,28 +579,68 @@ def plot_all(out_dir: Path, histories: dict, metrics: dict, sweep_result, cfg: C
     plt.close(fig)
 
     if sweep_result is not None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        w = np.asarray(sweep_result["space_weight"], np.float64)
-        r2 = np.asarray(sweep_result["mean_decode_r2"])
-        mse = np.asarray(sweep_result["reconstruction_mse"])
-        xw = np.where(w > 0, w, w[w > 0].min() / 3 if np.any(w > 0) else 1.0)
-        ax.plot(xw, r2, "o", color="tab:blue", label="mean decode R$^2$ (each seed)")
-        order = np.argsort(xw)
-        uniq = np.unique(xw[order])
-        ax.plot(uniq, [r2[xw == u].mean() for u in uniq], "-", color="tab:blue")
-        ax.set(xscale="log", xlabel="SPACE weight (leftmost point: 0, the baseline)")
-        ax.set_ylabel("held-out mean decode R$^2$", color="tab:blue")
-        ax2 = ax.twinx()
-        ax2.plot(uniq, [mse[xw == u].mean() for u in uniq], "s--", color="tab:gray")
-        ax2.set_ylabel("reconstruction MSE (test)", color="tab:gray")
-        mode = "vmapped" if metrics["sweep"]["vectorized"] else "one after another"
-        ax.set_title(f"sweep ({mode}): {len(w)} runs in {sweep_result.seconds:.0f} s")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
         paths.append(out_dir / "sweep.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        plot_grid(paths[-1], sweep_result, metrics)
     return paths
+
+
+def plot_grid(path: Path, result: sj.SweepResult, metrics: dict) -> None:
+    """The model selection: validation mean R^2 of every configuration of the grid, and its
+    margin over the baseline on the worst quantity (> 0: better on every quantity)."""
+    import matplotlib.pyplot as plt
+
+    rows = result.rows()[:-1]  # the last row is the baseline
+    baseline = result.rows()[-1]
+    names = [n for n in result.config_names if len({r[n] for r in rows}) > 1]
+    row_name, col_names = names[0], names[1:]
+    row_values = sorted({r[row_name] for r in rows})
+    col_values = sorted({tuple(r[n] for n in col_names) for r in rows})
+    short = {"alignment": "a", "disentanglement": "d", "isotropy": "i", "stability": "s"}
+    col_labels = [
+        "\n".join(f"{short.get(n, n)}={v:g}" for n, v in zip(col_names, c, strict=True))
+        for c in col_values
+    ]
+    mean = np.full((len(row_values), len(col_values)), np.nan)
+    margin = np.full_like(mean, np.nan)
+    for r in rows:
+        i = row_values.index(r[row_name])
+        j = col_values.index(tuple(r[n] for n in col_names))
+        mean[i, j] = r["val_mean_r2"]
+        margin[i, j] = min(r[f"val_r2_{q}"] - baseline[f"val_r2_{q}"] for q in QUANTITIES)
+    chosen = metrics["selection"]["config"]
+    ci = row_values.index(chosen[row_name])
+    cj = col_values.index(tuple(chosen[n] for n in col_names))
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    panels = (
+        (mean, "validation mean decode R$^2$", "viridis", None),
+        (margin, "worst-quantity margin over the baseline (validation R$^2$)", "RdBu", 0.0),
+    )
+    for ax, (values, title, cmap, center) in zip(axes, panels, strict=True):
+        if center is None:
+            image = ax.imshow(values, cmap=cmap, aspect="auto")
+        else:
+            lim = max(np.nanmax(np.abs(values)), 1e-3)
+            image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=-lim, vmax=lim)
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7)
+        ax.add_patch(plt.Rectangle((cj - 0.5, ci - 0.5), 1, 1, fill=False, lw=2.5, ec="red"))
+        ax.set_xticks(range(len(col_values)), col_labels, fontsize=7)
+        ax.set_yticks(range(len(row_values)), [f"{v:g}" for v in row_values])
+        ax.set_ylabel(f"{row_name} weight")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    sweep = metrics["sweep"]
+    fig.suptitle(
+        f"model selection: {sweep['n_configs']} configurations "
+        f"({'vmapped' if sweep['vectorized'] else 'one after another'}, {sweep['epochs']} "
+        f"epochs, {sweep['seconds']:.0f} s); baseline validation mean R$^2$ "
+        f"{baseline['val_mean_r2']:.3f}; red: selected",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def summary(metrics: dict) -> str:
@@ -556,13 +665,16 @@ def summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: Config, out_dir: str | Path, *, sweep: bool = True, sweep_mode: str = "auto") -> dict:
-    """The whole demo; writes ``metrics.json`` and the plots into ``out_dir``.
+def run(cfg: Config, out_dir: str | Path, *, plots: bool = True) -> dict:
+    """The whole demo; writes ``metrics.json``, then the plots, into ``out_dir``.
 
-    ``sweep_mode``: ``"auto"`` (vmapped where :func:`vmap_is_safe`), ``"vmap"`` or ``"loop"``.
+    1. Model selection: the grid of ``cfg.grid_values`` (plus the baseline, every SPACE weight
+       0) as one vmapped ``sj.sweep``, trained on the ``fit`` split and scored on the
+       validation split carved from the training data (:func:`select`).
+    2. The selected configuration and the baseline retrained on the whole training split and
+       compared on the held-out test split, which step 1 never sees.
     """
-    if sweep_mode not in ("auto", "vmap", "loop"):
-        raise ValueError(f"sweep_mode: expected 'auto', 'vmap' or 'loop', got {sweep_mode!r}")
+    require_optional(plots=plots)
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -571,10 +683,21 @@ def run(cfg: Config, out_dir: str | Path, *, sweep: bool = True, sweep_mode: str
         f"solve_dims -> pooling grid {sizes['n_bins']}x{sizes['n_bins']}, k = {sizes['k']}; "
         f"minimal_latent_dim -> D = {sizes['latent_dim']}"
     )
+    configs = grid_configs(cfg)
+    print(
+        f"model selection: {len(configs)} configurations x {cfg.sweep_epochs} epochs, vmapped "
+        f"in one program (sj.sweep), validation split of {cfg.n_val} training fields ..."
+    )
+    sweep_result = model_selection(cfg, sizes, data)
+    index, why = select(sweep_result)
+    selected = {n: sweep_result.rows()[index][n] for n in sweep_result.config_names}
+    print(f"  done in {sweep_result.seconds:.0f} s; selected {selected} ({why})")
+
     metrics, histories = {}, {}
-    for label, weight in (("space", cfg.space_weight), ("baseline", 0.0)):
+    baseline = {**dict.fromkeys(WEIGHT_NAMES, 0.0), "lr": selected["lr"]}
+    for label, config in (("space", selected), ("baseline", baseline)):
         t0 = time.perf_counter()
-        result = train(cfg, sizes, data, space_weight=weight, label=label)
+        result = train(cfg, sizes, data, config=config, label=label)
         seconds = time.perf_counter() - t0
         histories[label] = result["history"]
         m = evaluate(result["model"], data, sizes["k"])
@@ -582,21 +705,23 @@ def run(cfg: Config, out_dir: str | Path, *, sweep: bool = True, sweep_mode: str
             drifts = [np.mean(list(d.values())) for d in result["history"][key]]
             m[name] = float(np.mean(drifts)) if drifts else 0.0
         m["train_seconds"] = seconds
+        m["hyperparameters"] = dict(config)
         metrics[label] = m
-    sweep_result = None
-    if sweep and cfg.sweep_weights:
-        vectorize = vmap_is_safe() if sweep_mode == "auto" else sweep_mode == "vmap"
-        runs = len(cfg.sweep_weights) * len(cfg.sweep_seeds)
-        how = (
-            "vmapped" if vectorize else "one after another (jaxlib < 0.11 on CPU, see vmap_is_safe)"
-        )
-        print(f"sweep: {runs} runs, {how} ...")
-        sweep_result = sweep_space_weight(cfg, sizes, data, vectorize=vectorize)
-        metrics["sweep"] = {
-            **sweep_result.to_dict(),
-            "seconds": sweep_result.seconds,
-            "vectorized": vectorize,
-        }
+    metrics["selection"] = {
+        "index": index,
+        "config": selected,
+        "rule": why,
+        "validation": sweep_result.rows()[index],
+        "baseline_validation": sweep_result.rows()[-1],
+    }
+    metrics["grid"] = sweep_result.to_dict()
+    metrics["sweep"] = {
+        "vectorized": True,
+        "n_configs": len(sweep_result),
+        "epochs": cfg.sweep_epochs,
+        "seconds": sweep_result.seconds,
+        "backend": jax.default_backend(),
+    }
     metrics["config"] = {
         **dataclasses.asdict(cfg),
         "quantities": list(QUANTITIES),
@@ -606,19 +731,27 @@ def run(cfg: Config, out_dir: str | Path, *, sweep: bool = True, sweep_mode: str
         "backend": jax.default_backend(),
         "seconds": time.perf_counter() - start,
     }
-    paths = plot_all(out_dir, histories, metrics, sweep_result, cfg)
+    # The numbers first: a plotting failure must not lose them.
     with open(out_dir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
+    paths = plot_all(out_dir, histories, metrics, sweep_result, cfg) if plots else []
     print()
     print(summary(metrics))
-    if sweep_result is not None:
-        print()
-        print(sweep_result.to_markdown())
+    print()
+    print(sweep_result.to_markdown(floatfmt=".3f"))
     better = metrics["space"]["mean_decode_r2"] - metrics["baseline"]["mean_decode_r2"]
+    losing = [
+        q
+        for q in QUANTITIES
+        if metrics["space"]["decode_r2"][q] < metrics["baseline"]["decode_r2"][q]
+    ]
     print(
-        f"\nSPACE decodes the quantities {'better' if better > 0 else 'WORSE'} than the baseline "
-        f"(mean held-out R² {better:+.3f}). Wrote {out_dir / 'metrics.json'} and "
-        f"{', '.join(p.name for p in paths)} in {metrics['config']['seconds']:.0f} s."
+        f"\nSPACE ({selected}) decodes the quantities {'better' if better > 0 else 'WORSE'} "
+        f"than the baseline (mean held-out R² {better:+.3f}); "
+        + (f"worse on {', '.join(losing)}. " if losing else "at least as well on every one. ")
+        + f"Wrote {out_dir / 'metrics.json'}"
+        + (f" and {', '.join(p.name for p in paths)}" if paths else "")
+        + f" in {time.perf_counter() - start:.0f} s."
     )
     return metrics
 
@@ -630,17 +763,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=str(Path(__file__).resolve().parents[1] / "artifacts/demo")
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-sweep", action="store_true", help="skip the weight sweep")
-    parser.add_argument(
-        "--sweep-mode",
-        choices=("auto", "vmap", "loop"),
-        default="auto",
-        help="vmap the sweep, run it as a loop, or vmap where safe (default)",
-    )
+    parser.add_argument("--no-plots", action="store_true", help="metrics.json only")
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config()
     cfg = dataclasses.replace(cfg, seed=args.seed)
-    run(cfg, args.out, sweep=not args.no_sweep, sweep_mode=args.sweep_mode)
+    run(cfg, args.out, plots=not args.no_plots)
     return 0
 
 

@@ -6,6 +6,7 @@ Every array function is jittable, differentiable and vmappable; configuration (s
 
 import logging
 
+from . import linalg  # sj.linalg.eigh, svd, lstsq, ...: batch-safe decompositions
 from .dims import (
     align_latent_dim,
     bins_for_modes,
@@ -35,6 +36,7 @@ from .losses import (
     stability_loss,
 )
 from .metrics import subspace_change
+from .moment_losses import combined_loss_from_moments
 from .moments import (
     Moments,
     k_per_q_from_moments,
@@ -65,6 +67,7 @@ __all__ = [
     "alignment_loss",
     "bins_for_modes",
     "combined_loss",
+    "combined_loss_from_moments",
     "compute_Q",
     "disentanglement_loss",
     "ensure_dim",
@@ -80,6 +83,7 @@ __all__ = [
     "k_per_q",
     "k_per_q_from_moments",
     "left",
+    "linalg",
     "merge_moments",
     "minimal_latent_dim",
     "moments",

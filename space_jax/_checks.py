@@ -7,6 +7,8 @@ done by the host-level entry points, through :func:`check_finite`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping
 
 import jax
@@ -16,11 +18,14 @@ import numpy as np
 __all__ = [
     "as_float",
     "check_finite",
+    "check_nonempty_target",
     "check_keys",
     "check_latents",
+    "check_loss_weights",
     "check_positive_int",
     "check_threshold",
     "flatten_target",
+    "half_in_float32",
 ]
 
 
@@ -62,9 +67,78 @@ def flatten_target(y, batch: int, quantity: str, name: str = "Y") -> jax.Array:
         raise ValueError(
             f"{name}[{quantity!r}]: batch size {y.shape[0]} does not match the latents' B={batch}"
         )
+    check_nonempty_target(y, f"{name}[{quantity!r}]")
     if y.ndim == 1:
         return y[:, None]
     return y.reshape(y.shape[0], -1)
+
+
+def check_nonempty_target(y, name: str) -> None:
+    """Refuses a target with no values per sample (a ``(B, 0)`` or ``(B, C, 0, W)`` shape)."""
+    if any(n == 0 for n in y.shape[1:]):
+        raise ValueError(
+            f"{name}: empty target of shape {tuple(y.shape)}; a quantity needs at least one "
+            "value per sample"
+        )
+
+
+HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def half_in_float32(fn):
+    """Decorator: half-precision (float16, bfloat16) array arguments, also inside dicts, are
+    computed in float32 (LAPACK has no half-precision kernels, and Gram matrices overflow
+    float16's range at ordinary sizes); floating results are cast back to the first such
+    argument's dtype. A concrete result that the half dtype cannot hold (finite in float32,
+    infinite once cast) raises ``ValueError`` naming the half-precision arguments. Other calls
+    pass through unchanged."""
+    signature = inspect.signature(fn)
+
+    def is_half(x) -> bool:
+        dtype = getattr(x, "dtype", None)
+        return dtype is not None and not isinstance(x, Mapping) and jnp.dtype(dtype) in HALF_DTYPES
+
+    def holds_half(a) -> bool:
+        return is_half(a) or (isinstance(a, Mapping) and any(is_half(v) for v in a.values()))
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        leaves = [
+            x
+            for a in (*args, *kwargs.values())
+            for x in (a.values() if isinstance(a, Mapping) else (a,))
+        ]
+        half = next((jnp.dtype(x.dtype) for x in leaves if is_half(x)), None)
+        if half is None:
+            return fn(*args, **kwargs)
+
+        def up(a):
+            if isinstance(a, Mapping):
+                return {k: up(v) for k, v in a.items()}
+            return jnp.asarray(a, jnp.float32) if is_half(a) else a
+
+        out = fn(*(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+
+        def down(x):
+            if not (
+                isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.floating)
+            ):
+                return x
+            y = x.astype(half)
+            if not isinstance(x, jax.core.Tracer) and not bool(
+                jnp.all(jnp.isfinite(y) | ~jnp.isfinite(x))
+            ):
+                bound = signature.bind_partial(*args, **kwargs).arguments
+                names = [n for n, a in bound.items() if holds_half(a)]
+                raise ValueError(
+                    f"{fn.__name__}: the result overflows {half} (it was computed in float32); "
+                    f"pass {', '.join(names)} as float32"
+                )
+            return y
+
+        return jax.tree_util.tree_map(down, out)
+
+    return wrapped
 
 
 def check_keys(reference_name: str, reference: Mapping, other_name: str, other: Mapping) -> None:
@@ -90,7 +164,13 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
 
 
 def check_threshold(value, name: str) -> float:
-    """Checks a variance fraction in ``(0, 1]``."""
+    """Checks a variance fraction in ``(0, 1]`` (a bool is refused, as for an int ``k``)."""
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{name}: expected a float in (0, 1], got the string {value!r}")
+    if isinstance(value, bool | np.bool_) or (
+        getattr(value, "dtype", None) is not None and jnp.dtype(value.dtype) == jnp.bool_
+    ):
+        raise TypeError(f"{name}: expected a float in (0, 1], got the bool {value!r}")
     try:
         t = float(value)
     except (TypeError, ValueError):
@@ -104,5 +184,45 @@ def check_finite(x, name: str) -> None:
     """Eager NaN/inf check for host-level entry points (never call under ``jit``)."""
     if isinstance(x, jax.core.Tracer):
         return
-    if not bool(np.all(np.isfinite(np.asarray(x)))):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # A global array spread over several processes: reduce it where it lives (one
+        # all-reduce of a flag) instead of fetching values this process does not hold.
+        finite = bool(_all_finite(x))
+    else:
+        finite = bool(np.all(np.isfinite(np.asarray(x))))
+    if not finite:
         raise ValueError(f"{name}: contains NaN or infinity")
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
+
+
+LOSS_TERMS = ("alignment", "disentanglement", "isotropy", "stability")
+
+
+def check_loss_weights(weights, name: str = "weights") -> tuple:
+    """The four term weights of ``combined_loss`` from ``None`` (1 each), a sequence (or array)
+    of exactly four, or a dict by term name (missing terms weigh 1)."""
+    if weights is None:
+        return (1.0,) * 4
+    if isinstance(weights, Mapping):
+        unknown = [k for k in weights if k not in LOSS_TERMS]
+        if unknown:
+            raise ValueError(
+                f"{name}: unknown loss terms {unknown}; expected keys among {LOSS_TERMS}"
+            )
+        return tuple(weights.get(k, 1.0) for k in LOSS_TERMS)
+    if isinstance(weights, str | bytes) or not hasattr(weights, "__len__"):
+        raise TypeError(
+            f"{name}: expected a LossWeights, a sequence of 4 weights {LOSS_TERMS} or a dict "
+            f"by term name, got {weights!r}"
+        )
+    shape = tuple(jnp.shape(weights)) if hasattr(weights, "ndim") else (len(weights),)
+    if shape != (4,):
+        raise ValueError(
+            f"{name}: expected exactly 4 weights {LOSS_TERMS} (or a dict by term name), got "
+            f"shape {shape}: {weights!r}"
+        )
+    return tuple(weights[i] for i in range(4))

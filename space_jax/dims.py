@@ -8,6 +8,7 @@ so a sweep over thresholds can be jitted and vmapped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -15,8 +16,17 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ._checks import as_float, check_finite, check_positive_int, check_threshold
-from .pooling import pool
+from . import linalg
+from ._checks import (
+    HALF_DTYPES,
+    as_float,
+    check_finite,
+    check_nonempty_target,
+    check_positive_int,
+    check_threshold,
+)
+from ._spmd import batch_contract, batch_first, batch_mean, replicated
+from .pooling import _check_mode, pool
 
 __all__ = [
     "align_latent_dim",
@@ -44,8 +54,14 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     """Number of leading principal components that explain a fraction of the variance.
 
     With ``s`` the singular values of the centered target, ``spec = s**2 / (sum(s**2) + 1e-8)``
-    and the result is ``count(cumsum(spec) < threshold) + 1`` (spacelearn's rule). The spectrum
-    comes from the eigenvalues of the smaller Gram matrix (exact, no SVD).
+    and the result is ``count(cumsum(spec) < threshold) + 1`` (spacelearn's rule), clamped to
+    ``[1, m]`` for a target of ``m`` values per sample (spacelearn can return ``m + 1`` for a
+    threshold of 1 or a constant target); a target without variance gets 1. The spectrum comes
+    from the eigenvalues of the smaller Gram matrix (exact, no SVD), formed from the target
+    divided by its largest deviation from the mean, so that it neither overflows nor underflows
+    and the ``1e-8`` is relative: the rank does not depend on the target's units (spacelearn's
+    absolute ``1e-8`` gives ``m + 1`` for any target of variance well below ``1e-8``). Half
+    precision is computed in float32.
 
     Args:
       y: target ``(B,)``, ``(B, m)`` or ``(B, ...)`` (flattened).
@@ -57,11 +73,23 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     y = as_float(y, "y")
     if y.ndim == 0:
         raise ValueError("y: expected a batch of targets, got a scalar")
+    check_nonempty_target(y, "y")
     yc = _as_matrix(y)
-    yc = yc - yc.mean(axis=0, keepdims=True)
-    return explained_rank_from_gram(
-        yc.T @ yc if yc.shape[0] >= yc.shape[1] else yc @ yc.T, threshold
-    )
+    if jnp.dtype(yc.dtype) in HALF_DTYPES:
+        yc = yc.astype(jnp.float32)
+    # Shift by the first sample before centering: a constant column becomes exactly 0.
+    yc = yc - batch_first(yc)
+    yc = yc - batch_mean(yc, keepdims=True)
+    peak = jnp.max(jnp.abs(yc))
+    peak = jnp.where(peak > 0, peak, 1.0)
+    yc = yc / peak
+    eps = _EPS  # relative to the largest deviation: the rank does not depend on units
+    if yc.shape[0] >= yc.shape[1]:
+        return _rank_from_gram(batch_contract(yc, yc), threshold, eps)
+    # (B, B) needs the whole batch on every device; on a mesh, gathering the B x m rows moves
+    # fewer numbers than the all-reduce of an (m, m) matrix would, since B < m.
+    yc = replicated(yc)
+    return _rank_from_gram(yc @ yc.T, threshold, eps, yc.shape[1])
 
 
 def explained_rank_from_gram(g: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> jax.Array:
@@ -73,11 +101,22 @@ def explained_rank_from_gram(g: jax.typing.ArrayLike, threshold: jax.typing.Arra
       threshold: fraction of variance in ``(0, 1]``; may be traced.
 
     Returns:
-      An int32 scalar array.
+      An int32 scalar array in ``[1, m]`` (1 when ``g`` is zero).
     """
-    var = jnp.maximum(jnp.linalg.eigvalsh(g)[::-1], 0.0)
-    cumulative = jnp.cumsum(var / (jnp.sum(var) + _EPS))
-    return (jnp.sum(cumulative < threshold) + 1).astype(jnp.int32)
+    g = as_float(g, "g")
+    if jnp.dtype(g.dtype) in HALF_DTYPES:
+        g = g.astype(jnp.float32)
+    return _rank_from_gram(g, threshold, _EPS)
+
+
+def _rank_from_gram(g: jax.Array, threshold, eps, m: int | None = None) -> jax.Array:
+    """The rank rule on a Gram matrix; ``m``, the most components there can be (the size of
+    ``g`` when ``None``)."""
+    var = jnp.maximum(linalg.eigvalsh(g)[::-1], 0.0)
+    total = jnp.sum(var)
+    cumulative = jnp.cumsum(var / (total + eps))
+    k = jnp.minimum(jnp.sum(cumulative < threshold) + 1, g.shape[-1] if m is None else m)
+    return jnp.where(total > 0, k, 1).astype(jnp.int32)
 
 
 def bins_for_modes(n_modes: jax.typing.ArrayLike, max_bins: int) -> jax.Array:
@@ -115,6 +154,7 @@ def _host_targets(Y: Mapping, name: str = "Y") -> dict[str, jax.Array]:
             raise ValueError(
                 f"{name}[{q!r}]: expected a batch of at least 2 samples, got shape {y.shape}"
             )
+        check_nonempty_target(y, f"{name}[{q!r}]")
         check_finite(y, f"{name}[{q!r}]")
         out[q] = y
     return out
@@ -199,7 +239,7 @@ def solve_dims(
     :func:`k_per_q` sizes the subspaces on the pooled targets.
 
     Args:
-      Y: ``{q: (B, S)`` or ``(B, C, H, W)}`` targets.
+      Y: ``{q: (B, S)`` or ``(B, C, H, W)}`` targets; a 1-D target is read as ``(B, 1)``.
       max_bins, bin_thresholds, bin_default_threshold: as :func:`optimal_bins`.
       k_thresholds, k_default_threshold: as :func:`k_per_q`.
       pooling_mode: ``"avg"`` or ``"max"``.
@@ -209,6 +249,17 @@ def solve_dims(
     Returns:
       ``{q: (n_bins, k)}``.
     """
+    _check_mode(pooling_mode)
+    if pooling_mode == "avg":
+        max_bins_checked = check_positive_int(max_bins, "max_bins")
+        Yh = _host_targets(Y)
+        bin_ts = _thresholds(Yh, bin_thresholds, bin_default_threshold, 0.95, "bin_thresholds")
+        k_ts = _thresholds(Yh, k_thresholds, k_default_threshold, 0.90, "k_thresholds")
+        fast = _solve_dims_from_grams(
+            Yh, max_bins_checked, bin_ts, k_ts, pool_per_quantity, k_per_quantity
+        )
+        if fast is not None:
+            return fast
     n = optimal_bins(
         Y,
         max_bins,
@@ -217,12 +268,96 @@ def solve_dims(
         per_quantity=pool_per_quantity,
     )
     n_of = n if pool_per_quantity else dict.fromkeys(Y, n)
-    pooled = {q: pool(y, n_of[q], pooling_mode) for q, y in Y.items()}
+    pooled = {q: pool(_as_series(y), n_of[q], pooling_mode, name=f"Y[{q!r}]") for q, y in Y.items()}
     k = k_per_q(
         pooled, k_thresholds, default_threshold=k_default_threshold, per_quantity=k_per_quantity
     )
     k_of = k if k_per_quantity else dict.fromkeys(Y, k)
     return {q: (n_of[q], k_of[q]) for q in Y}
+
+
+def _as_series(y):
+    """A 1-D target ``(B,)`` as the series ``(B, 1)``; anything else unchanged."""
+    y = jnp.asarray(y)
+    return y[:, None] if y.ndim == 1 else y
+
+
+def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype, name: str = "Y") -> jax.Array:
+    """``P`` with ``pool(y, n_bins, "avg").reshape(B, -1) == y.reshape(B, -1) @ P``; a scalar
+    per sample (a 1-D target) is the series of length 1."""
+    shape = shape or (1,)
+    if len(shape) not in (1, 3):
+        raise ValueError(
+            f"{name}: per-sample target shape {shape} cannot be pooled; expected (S,) series or "
+            "(C, H, W) fields (targets (B, S) or (B, C, H, W))"
+        )
+    size = math.prod(shape)
+    basis = jnp.eye(size, dtype=dtype).reshape((size, *shape))
+    return pool(basis, n_bins, "avg", name=name).reshape(size, -1)
+
+
+@jax.jit
+def _target_grams(ys: tuple) -> tuple:
+    """``Yc.T @ Yc`` of every (flattened, centered) target: one compiled call for all."""
+    out = []
+    for y in ys:
+        yc = _as_matrix(y)
+        yc = yc - batch_mean(yc, keepdims=True)
+        out.append(batch_contract(yc, yc))
+    return tuple(out)
+
+
+@jax.jit
+def _gram_ranks(grams: tuple, thresholds: jax.Array) -> jax.Array:
+    return jnp.stack(
+        [explained_rank_from_gram(g, t) for g, t in zip(grams, list(thresholds), strict=True)]
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("shapes", "bins"))
+def _pooled_gram_ranks(grams: tuple, thresholds: jax.Array, shapes: tuple, bins: tuple):
+    pooled = []
+    for g, shape, n in zip(grams, shapes, bins, strict=True):
+        p = _avg_pool_matrix(shape, n, g.dtype)
+        pooled.append(p.T @ g @ p)
+    return _gram_ranks(tuple(pooled), thresholds)
+
+
+def _solve_dims_from_grams(Y, max_bins, bin_ts, k_ts, pool_per_quantity, k_per_quantity):
+    """:func:`solve_dims` for average pooling from one Gram matrix per target.
+
+    Average pooling is linear, ``pool(Yc) = Yc @ P``, so the pooled targets' spectrum is that of
+    ``P.T (Yc.T Yc) P``: the Gram matrices that size the grid also size the subspaces, with no
+    second pass over the data, and all quantities run in three compiled calls. None where a
+    target is not a ``(B, S)`` series or ``(B, C, H, W)`` field with ``B >= S`` (the Gram
+    would then be ``B x B``); the caller then pools the data.
+    """
+    names = list(Y)
+    for y in Y.values():
+        if y.ndim not in (2, 4) or y.shape[0] < math.prod(y.shape[1:]):
+            return None
+    ys = tuple(Y[q] for q in names)
+    dtype = jnp.result_type(*ys)
+    grams = _target_grams(ys)
+    ranks = _gram_ranks(grams, jnp.asarray([bin_ts[q] for q in names], dtype))
+    bins = {}
+    for q, modes in zip(names, (int(r) for r in ranks), strict=True):
+        bins[q] = max(2, min(math.ceil(math.sqrt(modes)), max_bins))
+        logger.info("[%s] %d modes (threshold %.2f) -> n_bins=%d", q, modes, bin_ts[q], bins[q])
+    if not pool_per_quantity:
+        bins = dict.fromkeys(names, max(bins.values()))
+    shapes = tuple(tuple(Y[q].shape[1:]) for q in names)
+    ranks = _pooled_gram_ranks(
+        grams,
+        jnp.asarray([k_ts[q] for q in names], dtype),
+        shapes=shapes,
+        bins=tuple(bins[q] for q in names),
+    )
+    ks = {q: int(r) for q, r in zip(names, ranks, strict=True)}
+    logger.info("subspace sizes: %s", ks)
+    if not k_per_quantity:
+        ks = dict.fromkeys(names, max(ks.values()))
+    return {q: (bins[q], ks[q]) for q in names}
 
 
 def align_latent_dim(dim: int, num_heads: int) -> int:

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import as_float
+from ._decompositions import eigh, eigvalsh, lstsq, pinv, qr, solve, svd
+from ._spmd import batch_contract
 
 __all__ = [
     "Solver",
@@ -65,14 +67,14 @@ def _check(a, solver: str, name: str = "A") -> jax.Array:
 
 def _eigh_desc(g: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Eigenvalues (clamped at 0) and eigenvectors of a Gram matrix, descending."""
-    w, v = jnp.linalg.eigh(g)
+    w, v = eigh(g)
     return jnp.maximum(w[::-1], 0.0), v[:, ::-1]
 
 
 def _gram_singular_values(a: jax.Array) -> jax.Array:
     h, w = a.shape
     g = a.T @ a if h >= w else a @ a.T
-    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(g)[::-1], 0.0))
+    return jnp.sqrt(jnp.maximum(eigvalsh(g)[::-1], 0.0))
 
 
 def _eigen_left(a: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -112,11 +114,11 @@ def _lowrank(
     m = a.T if transpose else a
     q = min(rank, *m.shape)
     omega = jax.random.normal(key, (m.shape[1], q), dtype=m.dtype)
-    basis, _ = jnp.linalg.qr(m @ omega)
+    basis, _ = qr(m @ omega)
     for _ in range(n_iter):
-        basis, _ = jnp.linalg.qr(m.T @ basis)
-        basis, _ = jnp.linalg.qr(m @ basis)
-    ub, s, vh = jnp.linalg.svd(basis.T @ m, full_matrices=False)
+        basis, _ = qr(m.T @ basis)
+        basis, _ = qr(m @ basis)
+    ub, s, vh = svd(basis.T @ m)
     u = basis @ ub
     if transpose:
         return vh.T, s, u.T
@@ -150,7 +152,7 @@ def full(
         return _lowrank(a, rank, n_iter, key)
     if solver == "eigen":
         return _eigen_full(a)
-    return tuple(jnp.linalg.svd(a, full_matrices=full_matrices))
+    return tuple(svd(a, full_matrices=full_matrices))
 
 
 def left(
@@ -228,7 +230,7 @@ def singular_values(
         return _gram_singular_values(a)
     if solver == "lowrank":
         return _lowrank(a, rank, n_iter, key)[1]
-    return jnp.linalg.svd(a, compute_uv=False)
+    return svd(a, compute_uv=False)
 
 
 @jax.custom_vjp
@@ -238,11 +240,11 @@ def gram(x: jax.Array) -> jax.Array:
     Its derivative is one ``B x D x D`` product, ``x @ (C + C.T)`` for a cotangent ``C``; the
     automatic derivative of ``x.T @ x`` computes two.
     """
-    return x.T @ x
+    return batch_contract(x, x)
 
 
 def _gram_fwd(x):
-    return x.T @ x, x
+    return batch_contract(x, x), x
 
 
 def _gram_bwd(x, cotangent):
@@ -264,7 +266,7 @@ def symmetric_eigvals(m: jax.Array) -> jax.Array:
 
 
 def _sym_eigh(m):
-    w, v = jnp.linalg.eigh((m + m.T) / 2)
+    w, v = eigh(m)  # eigh symmetrises its input
     return w[::-1], v[:, ::-1]
 
 
@@ -305,7 +307,7 @@ def residual_gram_eigvals(x: jax.Array, w: jax.Array, n: int) -> jax.Array:
 
 
 def _residual_gram_eigh(x, w, n):
-    g = x.T @ x
+    g = batch_contract(x, x)
     gw = g @ w.T  # (D, K)
     gww = gw @ w  # G P_W, with P_W = w.T @ w
     # P G P expanded so that only (D, K) products appear besides G itself.
@@ -340,40 +342,5 @@ def _residual_gram_vjp_parts(w, g, v, c):
 residual_gram_eigvals.defvjp(_residual_gram_eigvals_fwd, _residual_gram_eigvals_bwd)
 
 
-# Decompositions and solves. Every one the library runs goes through these names, so that batching
-# them (vmap) is decided in one place.
-
-
-def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Eigenvalues (ascending) and eigenvectors of a symmetric ``(..., n, n)`` matrix."""
-    return jnp.linalg.eigh(a)
-
-
-def eigvalsh(a: jax.Array) -> jax.Array:
-    """Eigenvalues (ascending) of a symmetric ``(..., n, n)`` matrix."""
-    return jnp.linalg.eigvalsh(a)
-
-
-def svd(a: jax.Array, *, full_matrices: bool = False, compute_uv: bool = True):
-    """``jnp.linalg.svd`` with reduced factors by default."""
-    return jnp.linalg.svd(a, full_matrices=full_matrices, compute_uv=compute_uv)
-
-
-def qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Reduced QR factorisation of ``(..., m, n)``."""
-    return jnp.linalg.qr(a)
-
-
-def lstsq(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Minimum-norm least-squares solution of ``a @ x = b``."""
-    return jnp.linalg.lstsq(a, b)[0]
-
-
-def pinv(a: jax.Array, *, hermitian: bool = False) -> jax.Array:
-    """Moore-Penrose pseudo-inverse."""
-    return jnp.linalg.pinv(a, hermitian=hermitian)
-
-
-def solve(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Solution of the square system ``a @ x = b``."""
-    return jnp.linalg.solve(a, b)
+# Decompositions and solves: every one the library runs goes through these names (batch-safe
+# under vmap on CPU, differentiable; see space_jax._decompositions and space_jax._lapack).

@@ -29,18 +29,21 @@ from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import (
+    HALF_DTYPES,
     check_finite,
     check_keys,
     check_latents,
     check_positive_int,
     flatten_target,
+    half_in_float32,
 )
-from .dims import _thresholds, bins_for_modes, explained_rank_from_gram
+from ._spmd import batch_contract, batch_first, batch_mean
+from .dims import _avg_pool_matrix, _thresholds, bins_for_modes, explained_rank_from_gram
 from .linalg import Solver, full, gram
-from .pooling import pool
-from .subspaces import Space, _basis, _leading_pair, _resolve_k
+from .subspaces import Space, _basis, _leading_pair, _mask_rows, _normal_decoders, _resolve_k
 
 __all__ = [
     "Moments",
@@ -148,8 +151,8 @@ def _shifted_center(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     Summing ``x - x[0]`` instead of ``x`` keeps the accumulated values near the spread of the
     data rather than near its offset, so the mean of data far from the origin stays accurate.
     """
-    shift = x[0]
-    mean = shift + jnp.mean(x - shift, axis=0)
+    shift = batch_first(x)
+    mean = shift + batch_mean(x - shift)
     return mean, x - mean
 
 
@@ -172,17 +175,23 @@ def moments(Z: jax.typing.ArrayLike, Y: Mapping) -> Moments:
     Returns:
       A :class:`Moments`. Eagerly, NaN or infinity in the inputs raise ``ValueError``; under
       ``jax.jit`` they propagate into the statistics (:func:`stream_moments` checks them).
+      Half-precision inputs (float16, bfloat16) are accumulated, and returned, in float32.
     """
-    Z = check_latents(Z, min_batch=1)
+    Z = _accumulator(check_latents(Z, min_batch=1))
     if not isinstance(Y, Mapping) or len(Y) == 0:
         raise ValueError("Y: expected a non-empty dict of per-quantity targets")
     batch = Z.shape[0]
-    targets = {q: flatten_target(y, batch, q) for q, y in Y.items()}
+    targets = {q: _accumulator(flatten_target(y, batch, q)) for q, y in Y.items()}
     check_finite(Z, "Z")
     for q, y in targets.items():
         check_finite(y, f"Y[{q!r}]")
     shapes = tuple((q, tuple(jnp.shape(Y[q])[1:])) for q in targets)
     return _moments_of_chunk(Z, tuple(targets.values()), shapes)
+
+
+def _accumulator(x: jax.Array) -> jax.Array:
+    """Half-precision inputs are accumulated in float32 (their sums leave float16's range)."""
+    return x.astype(jnp.float32) if jnp.dtype(x.dtype) in HALF_DTYPES else x
 
 
 @functools.partial(jax.jit, static_argnames=("shapes",))
@@ -193,8 +202,8 @@ def _moments_of_chunk(Z: jax.Array, targets: tuple, shapes: tuple) -> Moments:
     dtype = jnp.result_type(Z, *targets)
     z_mean, zc = _shifted_center(Z.astype(dtype))
     y_mean, yc = _shifted_center(jnp.concatenate(targets, axis=1).astype(dtype))
-    zy = zc.T @ yc
-    yy = yc.T @ yc
+    zy = batch_contract(zc, yc)
+    yy = batch_contract(yc, yc)
     y_means = _split(y_mean, sizes, axis=0)
     zys = _split(zy, sizes, axis=1)
     yys = [_split(rows, sizes, axis=1)[i] for i, rows in enumerate(_split(yy, sizes, axis=0))]
@@ -239,6 +248,15 @@ def _check_compatible(a: Moments, b: Moments) -> None:
             )
 
 
+def _check_count(m: Moments, name: str) -> None:
+    """A concrete count must be a finite number >= 0 (a traced one is the caller's)."""
+    if isinstance(m.count, jax.core.Tracer):
+        return
+    count = float(jnp.asarray(m.count))
+    if not count >= 0 or not math.isfinite(count):
+        raise ValueError(f"{name}: count must be a finite number >= 0, got {m.count}")
+
+
 def merge_moments(a: Moments, b: Moments) -> Moments:
     """Moments of the union of two chunks (the parallel co-moment update).
 
@@ -257,6 +275,8 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     """
     a, b = _check_moments(a, "a"), _check_moments(b, "b")
     _check_compatible(a, b)
+    _check_count(a, "a")
+    _check_count(b, "b")
     if b.names != a.names:
         b = Moments(b.count, b.z_mean, b.zz, b.y_mean, b.zy, b.yy, a.target_shapes)
     return _merge(a, b)
@@ -291,20 +311,28 @@ def _require_samples(m: Moments, minimum: int, what: str) -> None:
         raise ValueError(f"m: {what} needs at least {minimum} samples, got count={m.count}")
 
 
+@half_in_float32
 def solve_subspaces_from_moments(
-    m: Moments, k: int | Mapping[str, int] = 32, *, solver: Solver = "auto"
+    m: Moments,
+    k: int | Mapping[str, int] = 32,
+    *,
+    solver: Solver = "auto",
+    active_k: jax.typing.ArrayLike | Mapping | None = None,
 ) -> Space:
     """Subspaces, decoders and target directions from merged moments.
 
-    Equals :func:`~space_jax.solve_subspaces` on the concatenated data: ``W_q`` and ``V_q``
-    come from the SVD of ``Zc.T @ Yc_q`` as there, and the decoder is the minimum-norm solution
-    of the normal equations ``(W_q Czz W_q.T) A_q = W_q Czy_q`` (a ``k x k`` pseudo-inverse),
-    which is the least-squares decoder of ``Zc @ W_q.T @ A_q ~ Yc_q``.
+    Equals :func:`~space_jax.solve_subspaces` on the concatenated data, by the same algebra:
+    ``W_q`` and ``V_q`` come from the SVD of ``Zc.T @ Yc_q`` and the decoder is the
+    minimum-norm solution of the normal equations ``(W_q Czz W_q.T) A_q = W_q Czy_q`` (a
+    ``k x k`` pseudo-inverse), the least-squares decoder of ``Zc @ W_q.T @ A_q ~ Yc_q``.
 
     Args:
       m: :class:`Moments` of at least 2 samples.
       k: rows per basis, an int or ``{q: int}`` (static).
       solver: SVD solver for ``Zc.T @ Yc_q`` (static).
+      active_k: optional traced number of active rows (an int array, or ``{q: int array}``),
+        as :func:`~space_jax.solve_subspaces`: rows from ``active_k`` on are zero in ``W`` and
+        ``A``, so a sweep over subspace sizes can ``vmap`` with a fixed ``k``.
 
     Returns:
       A :class:`~space_jax.Space`: ``W[q]`` ``(k_q, D)``, ``A[q]`` ``(k_q, m_q)``,
@@ -313,15 +341,15 @@ def solve_subspaces_from_moments(
     m = _check_moments(m, "m")
     _require_samples(m, 2, "centering")
     ks = _resolve_k(k, m.names)
-    W, A, V = {}, {}, {}
+    W, V = {}, {}
     for q in m.names:
         u, _, vh = full(m.zy[q], solver=solver)
-        w = _basis(u, ks[q])
-        normal = w @ m.zz @ w.T
-        a = jnp.linalg.pinv((normal + normal.T) / 2, hermitian=True) @ (w @ m.zy[q])
-        W[q] = jax.lax.stop_gradient(w)
-        A[q] = jax.lax.stop_gradient(a)
+        W[q] = jax.lax.stop_gradient(_basis(u, ks[q]))
         V[q] = jax.lax.stop_gradient(_leading_pair(u, vh)[1])
+    W = _mask_rows(W, active_k)
+    w_all = jnp.concatenate(list(W.values()), axis=0)
+    A = _normal_decoders(W, w_all @ m.zz @ w_all.T, {q: W[q] @ m.zy[q] for q in W})
+    A = {q: jax.lax.stop_gradient(a) for q, a in _mask_rows(A, active_k).items()}
     return Space(W, A, V)
 
 
@@ -370,13 +398,6 @@ def k_per_q_from_moments(
     return ks if per_quantity else max(ks.values())
 
 
-def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype) -> jax.Array:
-    """``P`` with ``pool(y, n_bins, "avg").reshape(B, -1) == y.reshape(B, -1) @ P``."""
-    size = math.prod(shape)
-    basis = jnp.eye(size, dtype=dtype).reshape((size, *shape))
-    return pool(basis, n_bins, "avg").reshape(size, -1)
-
-
 def solve_dims_from_moments(
     m: Moments,
     max_bins: int,
@@ -420,7 +441,7 @@ def solve_dims_from_moments(
     k_ts = _thresholds(names, k_thresholds, k_default_threshold, 0.90, "k_thresholds")
     ks = {}
     for q in m.names:
-        p = _avg_pool_matrix(m.target_shapes[q], bins[q], m.yy[q].dtype)
+        p = _avg_pool_matrix(m.target_shapes[q], bins[q], m.yy[q].dtype, f"m (quantity {q!r})")
         ks[q] = _rank(p.T @ m.yy[q] @ p, k_ts[q])
     if not k_per_quantity:
         ks = dict.fromkeys(m.names, max(ks.values()))
@@ -471,8 +492,26 @@ def _progress_bar(enabled: bool):
     return tqdm(unit="sample", unit_scale=True, desc="moments")
 
 
+def _global_batch(sharding, Z, ys: tuple, index: int) -> tuple:
+    """This process's part of a batch, as a global array laid out by ``sharding``."""
+    try:
+        return tuple(
+            jax.make_array_from_process_local_data(sharding, np.asarray(x)) for x in (Z, *ys)
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"batches[{index}]: this process's {np.shape(Z)[0]} samples cannot be laid out "
+            f"by sharding={sharding} (the batch must split evenly over the devices of its "
+            f"batch axis; drop or pad the last batch): {e}"
+        ) from e
+
+
 def stream_moments(
-    batches: Iterable, *, progress: bool = False, initial: Moments | None = None
+    batches: Iterable,
+    *,
+    progress: bool = False,
+    initial: Moments | None = None,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> Moments:
     """Folds an iterable of host batches into one :class:`Moments`.
 
@@ -486,6 +525,12 @@ def stream_moments(
         with ``B >= 1`` and ``{q: (B, ...)}`` targets, NumPy or JAX arrays.
       progress: show a tqdm progress bar counting samples.
       initial: moments to continue from (for example a previous epoch or data set).
+      sharding: lay each batch out over devices, for example
+        ``NamedSharding(mesh, P("batch"))``. Every batch is then this process's part of a
+        global batch (``jax.make_array_from_process_local_data``): on several hosts each one
+        streams its own shard (all hosts the same number of batches, each split evenly over
+        its devices), and the result, identical on every host, is the moments of all of them.
+        Without it, batches are used as given (JAX arrays may already be global).
 
     Returns:
       The merged :class:`Moments`.
@@ -501,6 +546,9 @@ def stream_moments(
     try:
         for index, batch in enumerate(batches):
             Z, ys, names = _unpack(batch, index)
+            if sharding is not None:
+                Z, *ys = _global_batch(sharding, Z, ys, index)
+                ys = tuple(ys)
             try:
                 if acc is None:
                     acc, finite = _start(Z, ys, names=names)

@@ -45,67 +45,128 @@ def _pool_last_axis(x: jax.Array, n: int, mode: str) -> jax.Array:
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in _MODES:
+    if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
 
 
-def pool(x: jax.typing.ArrayLike, n_bins: int, mode: str = "avg") -> jax.Array:
+def pool(x: jax.typing.ArrayLike, n_bins: int, mode: str = "avg", *, name: str = "x") -> jax.Array:
     """Adaptive average or max pooling to a fixed number of bins.
 
     Args:
       x: ``(B, C, H, W)`` fields (pooled to ``(B, C, n_bins, n_bins)``) or ``(B, S)`` series
-        (pooled to ``(B, n_bins)``).
+        (pooled to ``(B, n_bins)``); the pooled axes must not be empty.
       n_bins: bins per spatial axis (static).
       mode: ``"avg"`` or ``"max"``.
+      name: what to call ``x`` in error messages (``"Y['a']"``).
 
     Returns:
       The pooled array.
     """
     _check_mode(mode)
     n_bins = check_positive_int(n_bins, "n_bins")
-    x = as_float(x, "x")
+    x = as_float(x, name)
+    if x.ndim not in (2, 4):
+        raise ValueError(
+            f"{name}: expected 2 dims (B, S) or 4 dims (B, C, H, W), got shape {x.shape}"
+        )
+    if any(n == 0 for n in x.shape[2 if x.ndim == 4 else 1 :]):
+        raise ValueError(f"{name}: cannot pool an empty axis, got shape {x.shape}")
     if x.ndim == 2:
         return _pool_last_axis(x, n_bins, mode)
-    if x.ndim == 4:
-        rows = _pool_last_axis(x, n_bins, mode)  # (B, C, H, n)
-        return jnp.swapaxes(_pool_last_axis(jnp.swapaxes(rows, -1, -2), n_bins, mode), -1, -2)
-    raise ValueError(f"x: expected 2 dims (B, S) or 4 dims (B, C, H, W), got shape {x.shape}")
+    rows = _pool_last_axis(x, n_bins, mode)  # (B, C, H, n)
+    return jnp.swapaxes(_pool_last_axis(jnp.swapaxes(rows, -1, -2), n_bins, mode), -1, -2)
 
 
 def compute_Q(*fns: Callable, **named_fns: Callable) -> Callable[..., dict[str, Any]]:
     """A registry that computes several quantities from shared keyword arguments.
 
-    Positional functions are named by ``__name__``. The returned callable takes keyword
-    arguments and calls each function with only the parameters it declares.
+    Positional functions are named by ``__name__``, keyword ones by their keyword. The returned
+    callable takes keyword arguments and calls each function with the parameters it declares;
+    a function with a ``**kwargs`` parameter receives every keyword argument of the call.
 
     Raises:
-      TypeError: two functions annotate one parameter name with different types.
+      TypeError: a function is not callable, has no readable signature, has positional-only
+        parameters (quantities are called by keyword), or is passed positionally without a
+        usable ``__name__`` (a ``functools.partial``); or two functions annotate one parameter
+        name with different types ("Type mismatch for argument 'x'"). When the registry is
+        called: a required parameter of a function is missing from the call.
+      ValueError: two functions get the same name (two lambdas, both ``'<lambda>'``, or a
+        positional function and a keyword of its name): one would silently replace the other.
     """
-    registry: dict[str, Callable] = {getattr(f, "__name__", str(id(f))): f for f in fns}
-    registry.update(named_fns)
+    registry: dict[str, Callable] = {}
+    for f in fns:
+        if not callable(f):
+            raise TypeError(f"compute_Q: positional argument {f!r} is not callable")
+        name = getattr(f, "__name__", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"compute_Q: {f!r} has no __name__ to name its quantity; pass it by keyword, "
+                "compute_Q(name=f)"
+            )
+        if name in registry:
+            raise ValueError(
+                f"compute_Q: two positional functions are both named {name!r}; one would "
+                f"replace the other. Name them by keyword: compute_Q(a=f, b=g)"
+            )
+        registry[name] = f
+    for name, f in named_fns.items():
+        if name in registry:
+            raise ValueError(
+                f"compute_Q: quantity {name!r} is given both positionally (as the function "
+                f"named {name!r}) and by keyword; one would replace the other"
+            )
+        registry[name] = f
     annotations: dict[str, tuple[str, Any]] = {}
     parameters: dict[str, list[str]] = {}
+    required: dict[str, list[str]] = {}
+    takes_all: dict[str, bool] = {}
     for name, f in registry.items():
         if not callable(f):
             raise TypeError(f"compute_Q: {name!r} is not callable (got {type(f)})")
-        params = inspect.signature(f).parameters
-        parameters[name] = list(params)
+        try:
+            params = inspect.signature(f).parameters
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"compute_Q: cannot read the signature of {name!r} ({exc})") from None
+        kinds = {p: param.kind for p, param in params.items()}
+        positional_only = [p for p, k in kinds.items() if k is inspect.Parameter.POSITIONAL_ONLY]
+        if positional_only:
+            raise TypeError(
+                f"compute_Q: {name!r} has positional-only parameters {positional_only}; "
+                "quantities are called with keyword arguments"
+            )
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        parameters[name] = [p for p, k in kinds.items() if k not in variadic]
+        required[name] = [
+            p
+            for p, param in params.items()
+            if param.kind not in variadic and param.default is inspect.Parameter.empty
+        ]
+        takes_all[name] = inspect.Parameter.VAR_KEYWORD in kinds.values()
         for p_name, param in params.items():
-            if param.annotation is inspect.Parameter.empty:
+            if param.annotation is inspect.Parameter.empty or param.kind in variadic:
                 continue
             if p_name in annotations and annotations[p_name][1] != param.annotation:
                 first, hint = annotations[p_name]
                 raise TypeError(
-                    f"compute_Q: parameter {p_name!r} is annotated {hint} by {first!r} "
-                    f"but {param.annotation} by {name!r}"
+                    f"compute_Q: Type mismatch for argument {p_name!r}: parameter {p_name!r} "
+                    f"is annotated {hint} by {first!r} but {param.annotation} by {name!r}"
                 )
             annotations.setdefault(p_name, (name, param.annotation))
 
     def quantities(**kwargs) -> dict[str, Any]:
-        return {
-            name: f(**{p: kwargs[p] for p in parameters[name] if p in kwargs})
-            for name, f in registry.items()
-        }
+        out = {}
+        for name, f in registry.items():
+            missing = [p for p in required[name] if p not in kwargs]
+            if missing:
+                raise TypeError(
+                    f"compute_Q: quantity {name!r} needs the keyword arguments {missing}, "
+                    f"which the call did not pass (it passed {list(kwargs)})"
+                )
+            if takes_all[name]:
+                out[name] = f(**kwargs)
+            else:
+                out[name] = f(**{p: kwargs[p] for p in parameters[name] if p in kwargs})
+        return out
 
     return quantities
 
@@ -117,12 +178,22 @@ def pool_quantities(
     *,
     pool_fn: Callable = pool,
 ) -> Callable[..., dict[str, Any]]:
-    """Wraps a :func:`compute_Q` registry so that every result is pooled with ``pool_fn``."""
+    """Wraps a :func:`compute_Q` registry so that every result is pooled with ``pool_fn``.
+
+    A 1-D result ``(B,)`` is read as the series ``(B, 1)``.
+    """
     _check_mode(mode)
     n_bins = check_positive_int(n_bins, "n_bins")
 
+    def one(name: str, v: Any) -> Any:
+        if getattr(v, "ndim", None) == 1:
+            v = v.reshape(v.shape[0], 1)
+        if pool_fn is pool:
+            return pool(v, n_bins, mode, name=f"quantity {name!r}")
+        return pool_fn(v, n_bins, mode)
+
     def pooled(**kwargs) -> dict[str, Any]:
-        return {name: pool_fn(v, n_bins, mode) for name, v in quantities(**kwargs).items()}
+        return {name: one(name, v) for name, v in quantities(**kwargs).items()}
 
     return pooled
 

@@ -1,9 +1,20 @@
 """Fitting subspaces and decoders from latents and targets.
 
-For each quantity ``q`` the cross-covariance ``C_q = Zc.T @ Yc_q`` (``D x m_q``) is decomposed
-once; its leading left singular vectors span the subspace ``W_q`` and its first right singular
-vector is the target direction ``V_q``. The decoder ``A_q`` is the minimum-norm least-squares
-map from the subspace coordinates ``Zc @ W_q.T`` to ``Yc_q``.
+For each quantity ``q`` the cross-covariance ``C_q = Zc.T @ Yc_q`` (``D x m_q``; all of them
+from one product over the concatenated targets) is decomposed once; its leading left singular
+vectors span the subspace ``W_q`` and its first right singular vector is the target direction
+``V_q``. The decoder ``A_q`` is the minimum-norm least-squares map from the subspace coordinates
+``S_q = Zc @ W_q.T`` to ``Yc_q``, from the normal equations
+``A_q = (S_q.T S_q)^+ W_q C_q``: ``W_q C_q`` is a ``k x m`` product of statistics already
+formed, and every ``S_q.T S_q`` comes from the coordinates of all quantities, one ``B x D x K``
+product and one ``B x K x K`` product. No least squares over the ``B x k`` coordinates runs,
+and the batch is read by three products in all. (The normal equations square the
+coordinates' condition number; the bases are orthonormal and the latents' spectrum rarely spans
+more than ``1e3``, so in float32 the decoders agree with a least-squares solve to about
+``eps * cond(S)^2``.)
+
+The latents are centered and divided by a power of two near their spread before any product
+(exact, as in :mod:`space_jax.losses`), so latents near ``1e20`` do not overflow the statistics.
 """
 
 from __future__ import annotations
@@ -14,8 +25,17 @@ from collections.abc import Iterator, Mapping
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_keys, check_latents, check_positive_int, flatten_target
-from .linalg import Solver, full, left
+from . import linalg
+from ._checks import (
+    check_keys,
+    check_latents,
+    check_positive_int,
+    flatten_target,
+    half_in_float32,
+)
+from ._spmd import batch_contract, batch_mean
+from .linalg import Solver, full, left, pinv
+from .losses import _scaled_center
 
 __all__ = [
     "Space",
@@ -92,7 +112,7 @@ def _targets(Y: Mapping, batch: int) -> dict[str, jax.Array]:
 
 
 def _center(x: jax.Array) -> jax.Array:
-    return x - x.mean(axis=0, keepdims=True)
+    return x - batch_mean(x, keepdims=True)
 
 
 def _resolve_k(k, names) -> dict[str, int]:
@@ -103,34 +123,60 @@ def _resolve_k(k, names) -> dict[str, int]:
     return dict.fromkeys(names, k)
 
 
-def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
-    """Centered latents, centered targets and ``{q: Zc.T @ Yc_q}`` (one matrix product)."""
+def _split_columns(x: jax.Array, sizes: list[int]) -> list[jax.Array]:
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    return [x[:, offsets[i] : offsets[i + 1]] for i in range(len(sizes))]
+
+
+def _cross_covariances(Z, Y: Mapping) -> tuple[jax.Array, jax.Array, dict, dict[str, jax.Array]]:
+    """``(Zs, scale, Yc, {q: Zs.T @ Yc_q})``: latents centered and divided by ``scale``
+    (:func:`space_jax.losses._scaled_center`), the centered targets ``{q: (B, m_q)}`` and the
+    cross-covariances of all quantities from one product (``C_q / scale``)."""
     Z = check_latents(Z)
     targets = _targets(Y, Z.shape[0])
-    zc = _center(Z)
+    zs, scale = _scaled_center(Z)
     yc = {q: _center(y) for q, y in targets.items()}
-    c_all = zc.T @ jnp.concatenate(list(yc.values()), axis=1)
-    offsets = [0]
-    for y in yc.values():
-        offsets.append(offsets[-1] + y.shape[1])
-    c = {q: c_all[:, offsets[i] : offsets[i + 1]] for i, q in enumerate(yc)}
-    return zc, yc, c
+    c_all = batch_contract(zs, jnp.concatenate(list(yc.values()), axis=1))
+    sizes = [y.shape[1] for y in yc.values()]
+    c = dict(zip(yc, _split_columns(c_all, sizes), strict=True))
+    return zs, scale, yc, c
 
 
-def _decoders(W: Mapping, zc: jax.Array, yc: Mapping) -> dict[str, jax.Array]:
-    """Minimum-norm least squares ``Zc @ W_q.T @ A_q ~ Yc_q`` from centered data.
+def _normal_decoders(
+    bases: Mapping, normal_all: jax.Array, rhs: Mapping, scale=1.0
+) -> dict[str, jax.Array]:
+    """``A_q = pinv(N_q) rhs_q / scale`` from the Gram matrix ``normal_all`` (``K x K``) of the
+    coordinates of all quantities (``S.T S``, of latents divided by ``scale``), whose diagonal
+    blocks are the ``N_q = S_q.T S_q``, and ``rhs_q = S_q.T Yc_q`` (``= W_q C_q``).
 
-    The coordinates of all quantities come from one product (one pass over ``Zc``).
+    Zero (padding) rows of a basis give zero coordinates, which the pseudo-inverse drops, and
+    zero rows of ``A_q``.
     """
-    bases = {q: jnp.asarray(w) for q, w in W.items()}
-    coords = zc @ jnp.concatenate(list(bases.values()), axis=0).T
+    names = list(bases)
+    sizes = [bases[q].shape[0] for q in names]
     out, start = {}, 0
-    for q, w in bases.items():
-        k = w.shape[0]
-        a = jnp.linalg.lstsq(coords[:, start : start + k], yc[q])[0]
+    for q, k in zip(names, sizes, strict=True):
+        normal = normal_all[start : start + k, start : start + k]
+        a = pinv((normal + normal.T) / 2, hermitian=True) @ rhs[q] * (1.0 / scale)
         out[q] = jax.lax.stop_gradient(a)
         start += k
     return out
+
+
+def _decoders(W: Mapping, zs: jax.Array, scale: jax.Array, yc: Mapping) -> dict[str, jax.Array]:
+    """Minimum-norm least squares ``Zc @ W_q.T @ A_q ~ Yc_q`` (normal equations) from the
+    scaled centered latents: ``S.T @ [S, Yc]`` in one product over the coordinates."""
+    bases = {q: jnp.asarray(w) for q, w in W.items()}
+    names = list(bases)
+    coords = zs @ jnp.concatenate([bases[q] for q in names], axis=0).T
+    rhs_all = batch_contract(coords, jnp.concatenate([yc[q] for q in names], axis=1))
+    sizes = [bases[q].shape[0] for q in names]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    m_sizes = [yc[q].shape[1] for q in names]
+    rhs = {}
+    for i, (q, block) in enumerate(zip(names, _split_columns(rhs_all, m_sizes), strict=True)):
+        rhs[q] = block[offsets[i] : offsets[i + 1]]
+    return _normal_decoders(bases, batch_contract(coords, coords), rhs, scale)
 
 
 def _leading_pair(u: jax.Array, vh: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -147,10 +193,11 @@ def _leading_pair(u: jax.Array, vh: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _basis(u: jax.Array, k: int) -> jax.Array:
     """First ``k`` columns of ``u`` (fewer if it has fewer), re-orthonormalised, as rows."""
-    q, _ = jnp.linalg.qr(u[:, :k], mode="reduced")
+    q, _ = linalg.qr(u[:, :k])
     return q.T
 
 
+@half_in_float32
 def principal_directions(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -174,7 +221,7 @@ def principal_directions(
     Returns:
       ``{q: (w (D,), v (m_q,))}``, not differentiated (as the reference, which detaches).
     """
-    _, _, c = _cross_covariances(Z, Y)
+    _, _, _, c = _cross_covariances(Z, Y)
     out = {}
     for q, c_q in c.items():
         u, _, vh = full(c_q, solver=solver, full_matrices=full_matrices, n_iter=n_iter, key=key)
@@ -182,6 +229,7 @@ def principal_directions(
     return out
 
 
+@half_in_float32
 def subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -206,13 +254,14 @@ def subspaces(
     Returns:
       ``{q: W_q (k_q, D)}`` with orthonormal rows, differentiable w.r.t. ``Z`` and ``Y``.
     """
-    _, _, c = _cross_covariances(Z, Y)
+    _, _, _, c = _cross_covariances(Z, Y)
     ks = _resolve_k(k, list(c))
     logger.debug("estimating subspaces for %s", ks)
     options = dict(solver=solver, full_matrices=full_matrices, n_iter=n_iter, key=key)
     return {q: _basis(left(c_q, **options)[0], ks[q]) for q, c_q in c.items()}
 
 
+@half_in_float32
 def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, jax.Array]:
     """Least-squares decoders from subspace coordinates to centered targets.
 
@@ -235,10 +284,12 @@ def fit_decoders(W: Mapping, Z: jax.typing.ArrayLike, Y: Mapping) -> dict[str, j
         w = jnp.asarray(w)
         if w.ndim != 2 or w.shape[1] != Z.shape[1]:
             raise ValueError(f"W[{q!r}]: expected shape (k, D={Z.shape[1]}), got {w.shape}")
+    zs, scale = _scaled_center(Z)
     yc = {q: _center(flatten_target(Y[q], Z.shape[0], q)) for q in W}
-    return _decoders(W, _center(Z), yc)
+    return _decoders(W, zs, scale, yc)
 
 
+@half_in_float32
 def solve_subspaces(
     Z: jax.typing.ArrayLike,
     Y: Mapping,
@@ -265,20 +316,29 @@ def solve_subspaces(
       A :class:`Space`: ``W[q]`` ``(k_q, D)``, ``A[q]`` ``(k_q, m_q)``, ``V[q]`` ``(m_q,)``, all
       fitted constants (not differentiated; use :func:`subspaces` for a differentiable basis).
     """
-    zc, yc, c = _cross_covariances(Z, Y)
+    zs, scale, _, c = _cross_covariances(Z, Y)
     ks = _resolve_k(k, list(c))
-    if isinstance(active_k, Mapping):
-        check_keys("Y", c, "active_k", active_k)
     W, V = {}, {}
     for q, c_q in c.items():
         u, _, vh = full(c_q, solver=solver, full_matrices=full_matrices, n_iter=n_iter, key=key)
-        w = _basis(u, ks[q])
-        if active_k is not None:
-            limit = active_k[q] if isinstance(active_k, Mapping) else active_k
-            w = jnp.where(jnp.arange(w.shape[0])[:, None] < limit, w, 0.0)
-        W[q] = jax.lax.stop_gradient(w)
+        W[q] = jax.lax.stop_gradient(_basis(u, ks[q]))
         V[q] = jax.lax.stop_gradient(_leading_pair(u, vh)[1])
-    A = _decoders(W, zc, yc)
-    if active_k is not None:
-        A = {q: jnp.where(jnp.any(W[q] != 0, axis=1)[:, None], a, 0.0) for q, a in A.items()}
-    return Space(W, A, V)
+    W = _mask_rows(W, active_k)
+    coords = zs @ jnp.concatenate(list(W.values()), axis=0).T
+    rhs = {q: W[q] @ c[q] for q in W}
+    A = _normal_decoders(W, batch_contract(coords, coords), rhs, scale)
+    return Space(W, _mask_rows(A, active_k), V)
+
+
+def _mask_rows(X: Mapping, active_k) -> dict:
+    """Rows from ``active_k`` on (a traced int, or ``{q: int}``) set to zero; ``X`` itself for
+    ``active_k=None``."""
+    if active_k is None:
+        return dict(X)
+    if isinstance(active_k, Mapping):
+        check_keys("Y", X, "active_k", active_k)
+    out = {}
+    for q, x in X.items():
+        limit = active_k[q] if isinstance(active_k, Mapping) else active_k
+        out[q] = jnp.where(jnp.arange(x.shape[0])[:, None] < limit, x, 0.0).astype(x.dtype)
+    return out

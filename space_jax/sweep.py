@@ -13,16 +13,15 @@ shared by all configurations, never closed over (closed-over arrays become const
 the program). Each call of :func:`sweep` compiles its program once (included in
 ``SweepResult.seconds``).
 
-What to expect: vmapping pays when one run is made of many small operations (per-step overhead
-dominates): on a GPU a 16-configuration SPACE sweep ran 13x faster than the loop; on a 2-core
-CPU, 5x for ``train_projections`` but under 2x for SPACE training, whose per-step eigensolver
-(a LAPACK call per configuration on CPU) does not batch. A run that is already compute-bound
-gains nothing on CPU. ``benchmarks/sweep.py`` measures this.
+``vectorize=True`` is safe on every backend: every decomposition and solve the library runs
+goes through :mod:`space_jax.linalg`, whose functions stay one LAPACK call per configuration under
+``vmap`` on CPU (jaxlib 0.10's batched CPU kernels can deadlock XLA's thread pool) and use the
+batched solvers on GPUs. A training function that calls ``jnp.linalg`` itself should call
+``space_jax.linalg.eigh``, ``svd``, ``lstsq``, ... instead.
 
-With jaxlib 0.10 on CPU, a vmapped program whose batched LAPACK calls (SVD, eigensolvers) run
-on XLA's intra-op thread pool can deadlock (jaxlib spreads the batch over that same pool and
-waits); this was seen with large programs only. jaxlib 0.11 removed that path; until then,
-``vectorize=False`` is the safe choice for large SPACE runs on CPU.
+What to expect: vmapping pays when one run is made of many small operations (per-step overhead
+dominates): the configurations' small matrix products become one larger product per step. A run
+that is already compute-bound gains little on CPU. ``benchmarks/sweep.py`` measures it.
 """
 
 from __future__ import annotations
@@ -246,8 +245,9 @@ def sweep(
         The last chunk is padded by repeating its last configuration, so every chunk reuses
         one compilation; padded results are dropped.
       mode: ``"product"`` or ``"zip"`` for a dict ``grid``.
-      vectorize: ``False`` runs the configurations one after another through a jitted
-        single-configuration function instead (the reference for checking a sweep).
+      vectorize: ``True`` (default, safe on every backend) vmaps; ``False`` runs the
+        configurations one after another through a jitted single-configuration function (the
+        reference for checking a sweep).
 
     Returns:
       A :class:`SweepResult`.

@@ -1,9 +1,12 @@
-"""SPACE on a batch sharded over a 4-device mesh versus one device.
+"""SPACE on a batch sharded over a 4-device mesh (Auto and Explicit axes) versus one device.
 
 Run by ``tests/test_multidevice.py`` in a subprocess, because the device count is fixed when
 JAX starts (``XLA_FLAGS=--xla_force_host_platform_device_count=4``, which this script also sets
-when run by hand). Prints one JSON object: per check, the largest relative difference from the
-single-device result and the shardings seen.
+when run by hand). Prints one JSON object: per mesh kind (``auto``, ``explicit``) and check, the
+largest relative difference from the single-device result, and the shardings and collectives
+seen. No check wraps the library in ``auto_axes`` or ``set_mesh``: the arrays' own shardings
+are all it gets (except the eager gradient on an Explicit mesh, which JAX itself only allows
+inside ``jax.set_mesh``).
 
     python tests/multidevice_check.py
 """
@@ -33,8 +36,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import problem  # noqa: E402
 
 import space_jax as sj  # noqa: E402
+from space_jax.nnx import SpaceRegularizer  # noqa: E402
 
-K = {"field": 3, "energy": 2}
+K = {"energy": 2, "field": 3}
+B, D = 64, 16
 
 
 def rel_diff(got, want, *, per_leaf: bool = True) -> float:
@@ -62,14 +67,15 @@ def basis_free(space, Z) -> dict:
     return out
 
 
-def spec(x) -> str:
-    return str(getattr(x.sharding, "spec", x.sharding))
-
-
 def is_batch_sharded(x, mesh) -> bool:
     return x.sharding.is_equivalent_to(NamedSharding(mesh, P("batch")), x.ndim) and (
         len({s.device for s in x.addressable_shards}) == mesh.size
     )
+
+
+def collectives(fn, *args) -> dict:
+    hlo = fn.lower(*args).compile().as_text()
+    return {"all_reduce": "all-reduce" in hlo, "all_gather": "all-gather" in hlo}
 
 
 class Encoder(nnx.Module):
@@ -81,73 +87,16 @@ class Encoder(nnx.Module):
         return self.out(jnp.tanh(self.hidden(x)))
 
 
-def main() -> dict:
-    devices = jax.devices()
-    # Auto axes: XLA propagates the batch sharding through code written for one device.
-    mesh = jax.make_mesh((len(devices),), ("batch",), (AxisType.Auto,))
-    batch = NamedSharding(mesh, P("batch"))
-    replicated = NamedSharding(mesh, P())
-    one = jax.devices()[0]
+class Regularized(nnx.Module):
+    def __init__(self, shapes: dict, rngs: nnx.Rngs):
+        self.encoder = Encoder(8, D, rngs)
+        self.space = SpaceRegularizer(D, shapes, k=K, n_dir=8)
 
-    Z, Y = problem(0, B=64, D=16, dtype=np.float32)
-    Z1, Y1 = jax.device_put((Z, Y), one)
-    Zs, Ys = jax.device_put((Z, Y), batch)
-    report = {
-        "devices": len(devices),
-        "input_sharded": is_batch_sharded(Zs, mesh)
-        and all(is_batch_sharded(y, mesh) for y in Ys.values()),
-    }
 
-    # 1. solve_subspaces: jitted once, run on each placement; SPMD partitions it.
-    solve = jax.jit(lambda Z, Y: sj.solve_subspaces(Z, Y, k=K))
-    space1, spaces = solve(Z1, Y1), solve(Zs, Ys)
-    report["solve_subspaces"] = rel_diff(basis_free(spaces, Z), basis_free(space1, Z))
-
-    # 2. moments of the sharded batch: local products, then a cross-device reduction.
-    moments = jax.jit(sj.moments)
-    hlo = moments.lower(Zs, Ys).compile().as_text()
-    m1, ms = moments(Z1, Y1), moments(Zs, Ys)
-    report["moments"] = rel_diff(ms, m1)
-    report["moments_all_reduce"] = "all-reduce" in hlo
-    from_m = sj.solve_subspaces_from_moments(ms, K)
-    report["solve_from_moments"] = rel_diff(basis_free(from_m, Z), basis_free(space1, Z))
-
-    # 3. gradient of the combined loss with respect to the sharded latents.
-    W_prev = {q: w + 0.01 for q, w in space1.W.items()}
-
-    @jax.jit
-    def grad(Z, Y, space):
-        return jax.value_and_grad(sj.combined_loss)(Z, space.W, space.A, Y, W_prev)
-
-    (loss1, g1), (losss, gs) = (
-        grad(Z1, Y1, space1),
-        grad(Zs, Ys, jax.device_put(space1, replicated)),
-    )
-    report["loss"] = rel_diff(losss, loss1)
-    report["grad"] = rel_diff(gs, g1)
-    report["grad_sharding"] = spec(gs)
-    report["grad_batch_sharded"] = is_batch_sharded(gs, mesh)
-
-    # 3b. jax.make_mesh's default Explicit axes type-check every sharding; SPACE's batch
-    #     contractions run there through jax.sharding.auto_axes.
-    explicit = jax.make_mesh((len(devices),), ("batch",), (AxisType.Explicit,))
-    with jax.set_mesh(explicit):
-        Ze, Ye = jax.device_put((Z, Y), NamedSharding(explicit, P("batch")))
-        space_e = jax.device_put(space1, NamedSharding(explicit, P()))
-        loss_e = jax.sharding.auto_axes(
-            lambda Z, Y, space: sj.combined_loss(Z, space.W, space.A, Y, W_prev),
-            out_sharding=P(),
-        )
-        ge = jax.jit(jax.grad(loss_e))(Ze, Ye, space_e)
-        report["grad_explicit"] = rel_diff(ge, g1)
-        report["grad_explicit_type"] = str(jax.typeof(ge))
-
-    # 4. a data-parallel Flax training step: parameters replicated, the batch sharded; the
-    #    subspaces are refreshed inside the step from the (detached) latents.
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(64, 8)).astype(np.float32)
-    Y_train = {q: y + X[:, :1].reshape((64,) + (1,) * (y.ndim - 1)) for q, y in Y.items()}
-    graphdef, params = nnx.split(Encoder(8, 16, nnx.Rngs(0)))
+def flax_training(X, Y_train, placements: dict) -> dict:
+    """A data-parallel Flax training step (parameters replicated, the batch sharded) with the
+    subspaces refreshed inside the step from the (detached) latents; 3 steps per placement."""
+    graphdef, params = nnx.split(Encoder(8, D, nnx.Rngs(0)))
     tx = optax.sgd(0.05, momentum=0.9)
 
     def loss_fn(params, x, y):
@@ -161,23 +110,214 @@ def main() -> dict:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    def train(params, x, y, placement):
-        params = jax.device_put(params, placement)
-        opt_state = jax.device_put(tx.init(params), placement)
+    out = {}
+    for name, (data, state) in placements.items():
+        p = jax.device_put(params, state)
+        opt_state = jax.device_put(tx.init(p), state)
+        x, y = jax.device_put((X, Y_train), data)
         losses = []
         for _ in range(3):
-            params, opt_state, loss = train_step(params, opt_state, x, y)
+            p, opt_state, loss = train_step(p, opt_state, x, y)
             losses.append(float(loss))
-        return params, losses
+        out[name] = (p, losses)
+    return out
 
-    p1, losses1 = train(params, *jax.device_put((X, Y_train), one), one)
-    ps, lossess = train(params, *jax.device_put((X, Y_train), batch), replicated)
-    report["train_losses"] = [losses1, lossess]
-    report["train_loss"] = rel_diff(lossess, losses1)
-    report["train_params"] = rel_diff(ps, p1, per_leaf=False)
-    report["params_replicated"] = all(
-        p.sharding.is_equivalent_to(replicated, p.ndim) for p in jax.tree.leaves(ps)
+
+def nnx_regularizer(X, Y_train, placements: dict) -> dict:
+    """The NNX helper inside ``nnx.jit``: refresh and loss gradient, per placement."""
+
+    @nnx.jit
+    def step(model, x, y):
+        model.space.refresh(model.encoder(x), y)
+        return nnx.value_and_grad(lambda m: m.space.loss(m.encoder(x), y))(model)
+
+    out = {}
+    for name, (data, state) in placements.items():
+        model = Regularized({q: v.shape[1:] for q, v in Y_train.items()}, nnx.Rngs(0))
+        nnx.update(model, jax.device_put(nnx.state(model), state))
+        loss, grads = step(model, *jax.device_put((X, Y_train), data))
+        out[name] = (loss, nnx.state(grads, nnx.Param), model.space.current())
+    return out
+
+
+def shared_space(placements: dict) -> dict:
+    """``SharedSpace.train`` (host level) on aligned samples, per placement."""
+    rng = np.random.default_rng(3)
+    lat = rng.normal(size=(B, 3))
+    data = {
+        "a": lat @ rng.normal(size=(3, 8)) + 0.1 * rng.normal(size=(B, 8)),
+        "b": lat @ rng.normal(size=(3, 6)) + 0.1 * rng.normal(size=(B, 6)),
+    }
+    data = {m: x.astype(np.float32) for m, x in data.items()}
+    space = sj.SharedSpace(3).register("a", 8).register("b", 6)
+    configs = {
+        "default": sj.ProjectionConfig(n_epochs=5),  # full batch, GCCA start
+        "minibatch": sj.ProjectionConfig(n_epochs=3, init="xavier", batch_size=16),
+    }
+    out = {}
+    for name, (placement, _) in placements.items():
+        x = jax.device_put(data, placement)
+        out[name] = {c: space.train(x, cfg, return_history=True) for c, cfg in configs.items()}
+    return out
+
+
+def compare_training(r: dict, flax: dict, nnx_out: dict, shared: dict, kind: str) -> dict:
+    (p1, losses1), (ps, lossess) = flax["one"], flax[kind]
+    r["train_losses"] = [losses1, lossess]
+    r["train_loss"] = rel_diff(lossess, losses1)
+    r["train_params"] = rel_diff(ps, p1, per_leaf=False)
+    r["params_replicated"] = all(p.sharding.is_fully_replicated for p in jax.tree.leaves(ps))
+    if kind not in nnx_out:
+        return r
+    (loss1, g1, space1), (losss, gs, spaces) = nnx_out["one"], nnx_out[kind]
+    r["nnx_loss"] = rel_diff(losss, loss1)
+    r["nnx_grads"] = rel_diff(gs, g1, per_leaf=False)
+    r["nnx_refresh"] = rel_diff(
+        [w.T @ w for w in spaces.W.values()], [w.T @ w for w in space1.W.values()]
     )
+    (t1, h1), (ts, hs) = shared["one"]["minibatch"], shared[kind]["minibatch"]
+    r["shared_minibatch"] = rel_diff((ts.params, hs), (t1.params, h1))
+    # The GCCA start is defined up to rotations within (near-)equal canonical correlations, so
+    # rounding moves the parameters (as reordering the rows does on one device); the losses
+    # reached are what must agree.
+    r["shared_default_history"] = rel_diff(shared[kind]["default"][1], shared["one"]["default"][1])
+    return r
+
+
+def check(kind: AxisType, Z, Y, one, ref: dict) -> dict:
+    devices = jax.devices()
+    mesh = jax.make_mesh((len(devices),), ("batch",), (kind,))
+    batch = NamedSharding(mesh, P("batch"))
+    replicated = NamedSharding(mesh, P())
+    explicit = kind == AxisType.Explicit
+
+    Zs, Ys = jax.device_put((Z, Y), batch)
+    r = {
+        "input_sharded": is_batch_sharded(Zs, mesh)
+        and all(is_batch_sharded(y, mesh) for y in Ys.values()),
+    }
+    space1 = ref["space"]
+
+    # solve_subspaces, jitted (the same function as the reference) and eager.
+    r["solve_subspaces"] = rel_diff(basis_free(SOLVE(Zs, Ys), Z), basis_free(space1, Z))
+    r["solve_subspaces_collectives"] = collectives(SOLVE, Zs, Ys)
+    r["fit_decoders"] = rel_diff(FIT(space1.W, Zs, Ys), ref["fit_decoders"])
+    r["subspaces"] = rel_diff([w.T @ w for w in SUBSPACES(Zs, Ys).values()], ref["subspaces"])
+
+    # moments: local products, then one cross-device reduction; then the solve from them.
+    m1, ms = ref["moments"], MOMENTS(Zs, Ys)
+    r["moments"] = rel_diff(ms, m1)
+    r["moments_eager"] = rel_diff(sj.moments(Zs, Ys), m1)
+    r["moments_collectives"] = collectives(MOMENTS, Zs, Ys)
+    from_m = FROM_MOMENTS(ms)
+    r["solve_from_moments"] = rel_diff(basis_free(from_m, Z), basis_free(space1, Z))
+
+    # stream_moments: of global batches, and of host batches laid out by `sharding=`.
+    halves = [(Z[i::2], {q: y[i::2] for q, y in Y.items()}) for i in (0, 1)]
+    r["stream_moments"] = rel_diff(sj.stream_moments(jax.device_put(halves, batch)), m1)
+    r["stream_moments_sharding"] = rel_diff(sj.stream_moments(halves, sharding=batch), m1)
+    try:
+        sj.stream_moments([(Z[:62], {q: y[:62] for q, y in Y.items()})], sharding=batch)
+        r["stream_moments_indivisible_error"] = ""
+    except ValueError as e:
+        r["stream_moments_indivisible_error"] = str(e)
+
+    # The combined loss and its gradient with respect to the sharded latents.
+    space_r = jax.device_put(space1, replicated)
+    losss, gs = GRAD(Zs, Ys, space_r)
+    r["loss"] = rel_diff(losss, ref["loss"])
+    r["grad"] = rel_diff(gs, ref["grad"])
+    r["grad_type"] = str(jax.typeof(gs))
+    r["grad_batch_sharded"] = is_batch_sharded(gs, mesh)
+    r["grad_collectives"] = collectives(GRAD, Zs, Ys, space_r)
+    if explicit:
+        eager_loss = sj.combined_loss(Zs, space1.W, space1.A, Ys, W_PREV(space1))
+        r["loss_eager"] = rel_diff(eager_loss, ref["loss"])
+        with jax.set_mesh(mesh):  # eager jax.grad of Explicit arrays needs it (JAX's rule)
+            ge = jax.grad(sj.combined_loss)(Zs, space1.W, space1.A, Ys, W_PREV(space1))
+        r["grad_eager"] = rel_diff(ge, ref["grad"])
+        r["grad_eager_batch_sharded"] = is_batch_sharded(ge, mesh)
+        for name, fn in SINGLES.items():
+            r[f"{name}_loss_and_grad"] = rel_diff(fn(Zs, Ys, space_r), ref[name])
+
+    # Pooling and the host-level sizing functions.
+    r["pool"] = rel_diff([sj.pool(Ys["field"], 2), sj.pool(Ys["field"], 3, "max")], ref["pool"])
+    r["pool_batch_sharded"] = is_batch_sharded(sj.pool(Ys["field"], 2), mesh)
+    r["k_per_q"] = sj.k_per_q(Ys, 0.9) == ref["k_per_q"]
+    r["optimal_bins"] = sj.optimal_bins(Ys, 4, 0.9, per_quantity=True) == ref["optimal_bins"]
+    r["solve_dims"] = sj.solve_dims(Ys, 4, 0.9, 0.9) == ref["solve_dims"]
+    return r
+
+
+SOLVE = jax.jit(lambda Z, Y: sj.solve_subspaces(Z, Y, k=K))
+FIT = jax.jit(sj.fit_decoders)
+SUBSPACES = jax.jit(lambda Z, Y: sj.subspaces(Z, Y, K))
+MOMENTS = jax.jit(sj.moments)
+FROM_MOMENTS = jax.jit(lambda m: sj.solve_subspaces_from_moments(m, K))
+
+
+def W_PREV(space) -> dict:
+    return {q: w + 0.01 for q, w in space.W.items()}
+
+
+@jax.jit
+def GRAD(Z, Y, space):
+    return jax.value_and_grad(sj.combined_loss)(Z, space.W, space.A, Y, W_PREV(space))
+
+
+SINGLES = {
+    "alignment": jax.jit(jax.value_and_grad(lambda Z, Y, s: sj.alignment_loss(Z, s.W, s.A, Y))),
+    "disentanglement": jax.jit(jax.value_and_grad(lambda Z, Y, s: sj.disentanglement_loss(Z, s.W))),
+    "isotropy": jax.jit(jax.value_and_grad(lambda Z, Y, s: sj.isotropy_loss(Z, s.W, n_dir=8))),
+}
+
+
+def reference(Z, Y, one) -> dict:
+    """Everything on one device and the whole batch."""
+    Z1, Y1 = jax.device_put((Z, Y), one)
+    space = jax.tree.map(np.asarray, SOLVE(Z1, Y1))  # host constants: usable on any placement
+    space1 = jax.device_put(space, one)
+    loss, grad = GRAD(Z1, Y1, space1)
+    field = Y["field"]
+    return {
+        "space": space,
+        "fit_decoders": FIT(space.W, Z1, Y1),
+        "subspaces": [w.T @ w for w in SUBSPACES(Z1, Y1).values()],
+        "moments": MOMENTS(Z1, Y1),
+        "loss": loss,
+        "grad": grad,
+        **{name: fn(Z1, Y1, space1) for name, fn in SINGLES.items()},
+        "pool": [sj.pool(field, 2), sj.pool(field, 3, "max")],
+        "k_per_q": sj.k_per_q(Y, 0.9),
+        "optimal_bins": sj.optimal_bins(Y, 4, 0.9, per_quantity=True),
+        "solve_dims": sj.solve_dims(Y, 4, 0.9, 0.9),
+    }
+
+
+def main() -> dict:
+    Z, Y = problem(0, B=B, D=D, dtype=np.float32)
+    Y = {q: Y[q] for q in sorted(Y)}
+    one = jax.devices()[0]
+    ref = reference(Z, Y, one)
+    meshes = {
+        name: jax.make_mesh((jax.device_count(),), ("batch",), (kind,))
+        for name, kind in (("auto", AxisType.Auto), ("explicit", AxisType.Explicit))
+    }
+    placements = {"one": (one, one)} | {
+        name: (NamedSharding(mesh, P("batch")), NamedSharding(mesh, P()))
+        for name, mesh in meshes.items()
+    }
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(B, 8)).astype(np.float32)
+    Y_train = {q: y + X[:, :1].reshape((B,) + (1,) * (y.ndim - 1)) for q, y in Y.items()}
+    flax = flax_training(X, Y_train, placements)
+    # Auto meshes ran these before Explicit ones existed; the multi-process test covers both.
+    nnx_out = nnx_regularizer(X, Y_train, {k: placements[k] for k in ("one", "explicit")})
+    shared = shared_space({k: placements[k] for k in ("one", "explicit")})
+    report = {"devices": jax.device_count()}
+    for name, mesh in meshes.items():
+        r = check(mesh.axis_types[0], Z, Y, one, ref)
+        report[name] = compare_training(r, flax, nnx_out, shared, name)
     return report
 
 

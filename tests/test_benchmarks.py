@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("spacelearn")  # the reference, a dev dependency
 pytest.importorskip("matplotlib")
 
-from benchmarks import harness, report, run  # noqa: E402
+from benchmarks import harness, problems, report, run, solo  # noqa: E402
 
 OPS = {
     "combined_loss fwd+bwd",
@@ -33,15 +33,17 @@ OPS = {
 
 
 def _check_timing(t: dict) -> None:
-    assert set(t) == {"median_s", "min_s", "first_s", "rounds", "compile_s"}
+    assert set(t) == {"median_s", "min_s", "first_s", "rounds", "calls", "samples", "compile_s"}
     assert 0 < t["min_s"] <= t["median_s"] and math.isfinite(t["median_s"])
     assert t["first_s"] > 0 and t["compile_s"] >= 0 and t["rounds"] >= 2
+    assert len(t["samples"]) == t["rounds"] and t["calls"] >= 1
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["--sizes", "small", "--quick", "--out", str(out), "--no-extras", "--quiet"]
+    argv += ["--no-processes"]  # the separate processes have their own test (below)
     return out, run.main(argv)
 
 
@@ -54,7 +56,9 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run):
     bridge = data["bridge"]["available"]
     for row in data["rows"]:
         assert row["size"] == {"name": "small", "B": 512, "D": 64, "Q": 2, "k": 8, "m": 16}
-        expected = {"bound", "spacelearn", "space_jax"} | ({"bridge"} if bridge else set())
+        expected = {"spacelearn", "space_jax"} | ({"bridge"} if bridge else set())
+        if row["op"] == "combined_loss fwd+bwd":
+            expected |= {"bound", "bound_numpy", "bound_xla", "bound_torch"}
         assert expected <= set(row["times"])
         for t in row["times"].values():
             _check_timing(t)
@@ -69,7 +73,7 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run):
     # The same results, rendered again with the rounds' minima instead of their medians.
     again = out / "minima"
     run.main(["--render", str(out / "results.json"), "--stat", "min", "--out", str(again)])
-    assert "Minima of interleaved rounds" in (again / "results.md").read_text()
+    assert "Times are minima over rounds" in (again / "results.md").read_text()
     assert (again / "scaling.png").exists()
 
 
@@ -81,7 +85,12 @@ def test_quick_run_compares_like_with_like(quick_run):
     assert values["space_jax"] == pytest.approx(values["spacelearn"], rel=1e-4)
     if "bridge" in values:
         assert values["bridge"] == pytest.approx(values["spacelearn"], rel=1e-4)
-    assert {"bound_xla", "bound_torch"} <= set(combined["times"])
+    times = combined["times"]
+    assert {"bound_numpy", "bound_xla", "bound_torch"} <= set(times)
+    # The bound is the fastest BLAS of each round.
+    for r, b in enumerate(times["bound"]["samples"]):
+        assert b == min(times[k]["samples"][r] for k in ("bound_numpy", "bound_xla", "bound_torch"))
+
     assert set(combined["peak_memory_bytes"]) <= {"spacelearn", "space_jax", "bridge"}
     for axis in ("B", "D"):
         sweep = results["sweeps"][axis]
@@ -126,14 +135,54 @@ def test_neighbour_benchmarks_are_called_and_reported(monkeypatch):
     assert "| machine" not in markdown
 
 
-def test_time_interleaved_and_peak_memory():
+def test_separate_processes_take_turns_and_report_like_one_process():
+    impls = ["spacelearn", "space_jax", "bound_numpy", "bound_xla"]
+    timings = solo.time_processes(
+        "tiny", "combined_loss fwd+bwd", impls, rounds=2, pause_s=0.0, block_s=0.0
+    )
+    assert set(timings) == set(impls)
+    for t in timings.values():
+        _check_timing(t.as_dict())
+    row = {"size": problems.TINY.as_dict(), "op": "combined_loss fwd+bwd", "method": "separate"}
+    row["times"] = {k: t.as_dict() for k, t in timings.items()}
+    row["times"]["bound"] = harness.min_over(
+        [row["times"]["bound_numpy"], row["times"]["bound_xla"]]
+    )
+    results = {"machine": harness.machine(), "rows": [], "processes": [row]}
+    assert "## Separate processes" in report.markdown(results)
+    with pytest.raises(RuntimeError, match="worker"):
+        solo.time_processes("tiny", "no such op", ["space_jax"], rounds=1)
+
+
+def test_time_blocks_ratios_and_peak_memory():
     counts = {"a": 0, "b": 0}
+    order = []
 
     def bump(name):
         counts[name] += 1
+        order.append(name)
 
-    timings = harness.time_interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, rounds=4)
-    assert counts == {"a": 6, "b": 6}  # first call, warm-up, 4 rounds
-    assert all(t.rounds == 4 and 0 < t.min_s <= t.median_s for t in timings.values())
+    timings = harness.time_blocks(
+        {"a": lambda: bump("a"), "b": lambda: bump("b")},
+        rounds=4,
+        pause_s=0.0,
+        block_s=0.0,
+        min_calls=3,
+    )
+    assert counts == {"a": 14, "b": 14}  # first call, warm-up, 4 blocks of 3
+    # Blocks of consecutive calls, the order alternating by round: a b | b a | a b | b a.
+    blocks = "".join(order[4::3])
+    assert blocks == "abbaabba"
+    assert all(
+        t.rounds == 4 and t.calls == 3 and 0 < t.min_s <= t.median_s for t in timings.values()
+    )
+    # Ratios are per round, then the median: a round where both are slow cancels.
+    a = {"median_s": 2.0, "min_s": 1.0, "samples": [1.0, 10.0, 2.0]}
+    b = {"median_s": 1.0, "min_s": 0.5, "samples": [0.5, 10.0, 1.0]}
+    assert harness.ratio(a, b) == 2.0
+    assert harness.ratio(a, b, "min") == 2.0
+    assert harness.ratio(a, None) is None
+    fastest = harness.min_over([a, b, {"samples": [3.0, 1.0, 3.0], "first_s": 0.1}])
+    assert fastest["samples"] == [0.5, 1.0, 1.0]
     grown = harness.peak_rss_increase(lambda: bytearray(64 * 2**20))
     assert grown is None or grown >= 32 * 2**20

@@ -9,10 +9,10 @@ import sys
 import textwrap
 
 import pytest
-import torch
-
 import spacelearn
 import spacelearn.data
+import torch
+
 import space_torch_bridge as bridge
 from space_torch_bridge import data, loss
 

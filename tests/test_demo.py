@@ -55,10 +55,76 @@ def test_quick_demo_writes_metrics_and_plots(tmp_path):
         assert all(math.isfinite(v) and v <= 1.0 for v in m["decode_r2"].values())
     assert set(metrics["config"]["k"]) == set(quantities)
     assert metrics["config"]["latent_dim"] >= sum(metrics["config"]["k"].values())
-    assert len(metrics["sweep"]["space_weight"]) == len(metrics["sweep"]["mean_decode_r2"])
+    # Model selection: the grid (plus the baseline) vmapped, scored on validation only.
+    assert metrics["sweep"]["vectorized"] is True
+    grid = metrics["grid"]
+    n = metrics["sweep"]["n_configs"]
+    assert n == len(grid["alignment"]) == len(grid["val_mean_r2"]) >= 5
+    for q in quantities:
+        assert len(grid[f"val_r2_{q}"]) == n
+    selection = metrics["selection"]
+    chosen = {name: grid[name][selection["index"]] for name in selection["config"]}
+    assert chosen == selection["config"] == metrics["space"]["hyperparameters"]
+    assert selection["validation"]["val_mean_r2"] == max(grid["val_mean_r2"][:-1]) or (
+        "match or beat" in selection["rule"]
+    )
+    assert all(v == 0.0 for k, v in metrics["baseline"]["hyperparameters"].items() if k != "lr")
     for name in ("loss_curves", "decode_r2", "subspace_drift", "sweep"):
         path = tmp_path / f"{name}.png"
         assert path.stat().st_size > 5_000, name
+
+
+def test_metrics_are_written_before_the_plots(demo, tmp_path, monkeypatch):
+    """A failing plot loses no numbers (run with the heavy steps replaced by stand-ins)."""
+    import space_jax as sj
+
+    cfg = demo.Config.quick()
+    configs = demo.grid_configs(cfg)
+    columns = {n: np.asarray([c[n] for c in configs]) for n in configs[0]}
+    scores = np.linspace(0.1, 0.5, len(configs))
+    for q in demo.QUANTITIES:
+        columns[f"val_r2_{q}"] = scores
+    columns["val_mean_r2"] = scores
+    metric_names = [m for m in columns if m.startswith("val_")]
+    fake = sj.SweepResult(columns, list(configs[0]), metric_names, 1.0)
+    evaluation = {
+        "decode_r2": dict.fromkeys(demo.QUANTITIES, 0.5),
+        "mean_decode_r2": 0.5,
+        **dict.fromkeys(("alignment", "disentanglement", "isotropy"), 0.1),
+        "reconstruction_mse": 0.1,
+        "reconstruction_r2": 0.9,
+    }
+    history = {"drift": [], "span_drift": []}
+    sizes = {"n_bins": 2, "k": dict.fromkeys(demo.QUANTITIES, 1), "latent_dim": 8}
+    monkeypatch.setattr(demo, "make_data", lambda cfg: ({}, sizes))
+    monkeypatch.setattr(demo, "model_selection", lambda *a: fake)
+    monkeypatch.setattr(demo, "train", lambda *a, **k: {"model": None, "history": history})
+    monkeypatch.setattr(demo, "evaluate", lambda *a: dict(evaluation))
+
+    def broken(*args):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(demo, "plot_all", broken)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        demo.run(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # The rule: every row beats the last (the baseline) only if its scores are higher; here
+    # the last row has the highest scores, so none does and the best mean of the grid wins.
+    assert metrics["selection"]["index"] == len(configs) - 2
+    assert "no configuration matched" in metrics["selection"]["rule"]
+    assert metrics["space"]["hyperparameters"] == configs[-2]
+
+
+def test_missing_optional_dependency_stops_with_a_message(demo, monkeypatch):
+    real = demo.importlib.util.find_spec
+    monkeypatch.setattr(
+        demo.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    with pytest.raises(SystemExit, match=r"needs matplotlib \(the plots\).*--no-plots"):
+        demo.require_optional(plots=True)
+    demo.require_optional(plots=False)  # metrics only: matplotlib not needed
 
 
 def test_data_is_seeded_and_sized(demo):

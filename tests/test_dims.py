@@ -162,3 +162,24 @@ def test_bad_input():
         sj.align_latent_dim(0, 4)
     with pytest.raises(ValueError, match=r"k\['a'\]: expected an int >= 1, got 0"):
         sj.minimal_latent_dim({"a": 0})
+
+
+@pytest.mark.parametrize("pool_per_q, k_per_q", [(False, False), (True, True)])
+def test_solve_dims_from_one_gram_per_target_equals_pooling_the_data(pool_per_q, k_per_q):
+    # Average pooling is linear: the pooled spectrum is that of P.T G P, so solve_dims sizes the
+    # subspaces from the Gram matrices that sized the grid. Same result as pooling the data.
+    rng = np.random.default_rng(3)
+    B = 300
+    Y = {
+        "u": (rng.normal(size=(B, 6)) @ rng.normal(size=(6, 144))).reshape(B, 1, 12, 12),
+        "s": rng.normal(size=(B, 40)) * 0.7 ** np.arange(40),
+    }
+    got = sj.solve_dims(
+        to_jax(Y), 6, 0.9, 0.8, pool_per_quantity=pool_per_q, k_per_quantity=k_per_q
+    )
+    n = sj.optimal_bins(to_jax(Y), 6, 0.9, per_quantity=True)
+    n = n if pool_per_q else dict.fromkeys(Y, max(n.values()))
+    pooled = {q: sj.pool(jnp.asarray(y), n[q], "avg") for q, y in Y.items()}
+    k = sj.k_per_q(pooled, 0.8)
+    k = k if k_per_q else dict.fromkeys(Y, max(k.values()))
+    assert got == {q: (n[q], k[q]) for q in Y}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,25 +130,277 @@ def test_subspace_change_matches_spacelearn():
         sj.subspace_change(old.T, new)
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), D=st.integers(2, 10), K=st.integers(0, 3))
-def test_residual_gram_eigvals_matches_svd_and_dense_derivatives(seed, D, K):
-    rng = np.random.default_rng(seed)
-    K, B = min(K, D - 1), D + 5
+# A few shapes (K = 0, K < D - 1, K = D - 1 ...) and jitted checks, so that the examples reuse
+# four compilations instead of compiling each shape eagerly.
+_RESIDUAL_SHAPES = ((2, 0), (5, 1), (7, 3), (10, 2))
+
+
+@functools.cache
+def _residual_checks(D: int, K: int):
     n = D - K  # the residual's non-zero spectrum: generically distinct, so derivatives are unique
+
+    def dense(x, w, c):  # the same eigenvalues through the generic eigenvalue derivative
+        p = jnp.eye(D) - w.T @ w
+        return jnp.sum(sj.symmetric_eigvals(p @ x.T @ x @ p)[:n] * c)
+
+    def ours(x, w, c):
+        return jnp.sum(sj.residual_gram_eigvals(x, w, n) * c)
+
+    @jax.jit
+    def run(x, w, c):
+        got = jax.grad(ours, (0, 1))(x, w, c)
+        want = jax.grad(dense, (0, 1))(x, w, c)
+        return sj.residual_gram_eigvals(x, w, n), got, want
+
+    return run
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), shape=st.sampled_from(_RESIDUAL_SHAPES))
+def test_residual_gram_eigvals_matches_svd_and_dense_derivatives(seed, shape):
+    rng = np.random.default_rng(seed)
+    D, K = shape
+    B, n = D + 5, D - K
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(B, D)) * np.linspace(2, 0.5, D))
         w = jnp.asarray(rng.normal(size=(K, D)))  # not orthonormal: the derivative is general
         r = x - x @ w.T @ w
-        lam = sj.residual_gram_eigvals(x, w, n)
-        np.testing.assert_allclose(lam, np.linalg.svd(r, compute_uv=False)[:n] ** 2, atol=1e-9)
         c = jnp.asarray(rng.normal(size=n))
-
-        def dense(x, w):  # the same eigenvalues through the generic eigenvalue derivative
-            p = jnp.eye(D) - w.T @ w
-            return jnp.sum(sj.symmetric_eigvals(p @ x.T @ x @ p)[:n] * c)
-
-        got = jax.grad(lambda x, w: jnp.sum(sj.residual_gram_eigvals(x, w, n) * c), (0, 1))(x, w)
-        want = jax.grad(dense, (0, 1))(x, w)
+        lam, got, want = _residual_checks(D, K)(x, w, c)
+        np.testing.assert_allclose(lam, np.linalg.svd(r, compute_uv=False)[:n] ** 2, atol=1e-9)
         for g, h in zip(got, want, strict=True):
             np.testing.assert_allclose(g, h, rtol=1e-7, atol=1e-8)
+
+
+# --- batch-safe decompositions (space_jax.linalg.eigh, svd, ...) ------------------------------
+
+N_ITEMS = 2
+
+
+def _items(rng, shape, dtype, n=N_ITEMS, symmetric=False):
+    x = rng.normal(size=(n, *shape))
+    if symmetric:
+        x = x @ np.swapaxes(x, -1, -2) + np.eye(shape[-1])
+    return jnp.asarray(x.astype(dtype))
+
+
+def _cases(dtype):
+    """name -> (function of arrays, arrays with a leading item axis)."""
+    rng = np.random.default_rng(5)
+    sym, tall, wide = _items(rng, (5, 5), dtype, symmetric=True), None, None
+    tall, wide = _items(rng, (7, 4), dtype), _items(rng, (3, 6), dtype)
+    rhs_tall, rhs_sq = _items(rng, (7, 2), dtype), _items(rng, (5, 2), dtype)
+    L = sj.linalg
+    return {
+        "eigh": (lambda a: L.eigh(a), (sym,)),
+        "eigvalsh": (lambda a: L.eigvalsh(a), (sym,)),
+        "svd": (lambda a: L.svd(a), (tall,)),
+        "svd_wide": (lambda a: L.svd(a), (wide,)),
+        "svdvals": (lambda a: L.svd(a, compute_uv=False), (tall,)),
+        "qr": (lambda a: L.qr(a), (tall,)),
+        "pinv": (lambda a: L.pinv(a), (wide,)),
+        "pinv_hermitian": (lambda a: L.pinv(a, hermitian=True), (sym,)),
+        "lstsq": (lambda a, b: L.lstsq(a, b), (tall, rhs_tall)),
+        "solve": (lambda a, b: L.solve(a, b), (sym, rhs_sq)),
+    }
+
+
+def _scalar(fn):
+    """A smooth scalar of every output (sign-invariant for singular and eigenvectors)."""
+
+    def f(*args):
+        return sum(jnp.sum(jnp.sin(o) ** 2) for o in jax.tree_util.tree_leaves(fn(*args)))
+
+    return f
+
+
+def _loop(fn, args):
+    outs = [fn(*(a[i] for a in args)) for i in range(args[0].shape[0])]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def _assert_tree_close(got, want, dtype):
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+
+
+def _transformed(fn, args, nested: bool):
+    """vmap, vmap of grad and grad of a vmapped sum of ``fn`` (with ``nested``: also nested
+    vmap and leading batch dimensions), each with its per-item loop: ``{what: (got, loop)}``."""
+    scalar = _scalar(fn)
+    argnums = tuple(range(len(args)))
+    want = _loop(fn, args)
+    grad_loop = _loop(jax.grad(scalar, argnums), args)
+    out = {
+        "vmap": (jax.vmap(fn)(*args), want),
+        "vmap(grad)": (jax.vmap(jax.grad(scalar, argnums))(*args), grad_loop),
+        "grad(vmap)": (
+            jax.grad(lambda *xs: jnp.sum(jax.vmap(scalar)(*xs)), argnums)(*args),
+            grad_loop,
+        ),
+    }
+    if nested:
+        twice = jax.vmap(jax.vmap(fn))(*(jnp.stack([a, 2 * a]) for a in args))
+        out["nested vmap"] = (jax.tree_util.tree_map(lambda x: x[0], twice), want)
+        out["leading dims"] = (fn(*args), want)
+    return out
+
+
+def test_vmap_and_its_gradients_equal_the_loop(dtype):
+    """Every solver, batched every way and differentiated under vmap, equals the loop (one
+    compiled program per dtype, for the test's time)."""
+    cases = _cases(dtype)
+    nested = {"eigh", "svd", "solve"}
+    results = jax.jit(
+        lambda: {name: _transformed(*case, name in nested) for name, case in cases.items()}
+    )()
+    for name, checks in results.items():
+        for what, (got, want) in checks.items():
+            try:
+                _assert_tree_close(got, want, dtype)
+            except AssertionError as err:
+                raise AssertionError(f"{name}, {what}: {err}") from None
+
+
+def test_derivatives_equal_jax_numpy():
+    """The custom JVPs against jnp.linalg's own rules (float64, generic inputs)."""
+    refs = {
+        "eigh": jnp.linalg.eigh,
+        "svd": lambda a: jnp.linalg.svd(a, full_matrices=False),
+        "svd_wide": lambda a: jnp.linalg.svd(a, full_matrices=False),
+        "svdvals": lambda a: jnp.linalg.svd(a, compute_uv=False),
+        "qr": jnp.linalg.qr,
+        "pinv": jnp.linalg.pinv,
+        "lstsq": lambda a, b: jnp.linalg.lstsq(a, b)[0],
+    }
+    with jax.enable_x64(True):
+        cases = _cases(np.float64)
+
+        @jax.jit
+        def both():
+            out = {}
+            for name, ref in refs.items():
+                fn, args = cases[name]
+                one = tuple(a[0] for a in args)
+                direction = tuple(jnp.cos(jnp.arange(a.size).reshape(a.shape)) for a in one)
+                argnums = tuple(range(len(one)))
+                out[name] = [
+                    (jax.jvp(_scalar(f), one, direction), jax.grad(_scalar(f), argnums)(*one))
+                    for f in (fn, ref)
+                ]
+            return out
+
+        for name, (got, want) in both().items():
+            leaves = zip(
+                jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True
+            )
+            for g, w in leaves:
+                np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-10, err_msg=name)
+
+
+def _lapack_operands(fn, *args) -> list[tuple[str, list[int]]]:
+    """``(kernel, operand ranks)`` of every LAPACK custom call in the lowered program."""
+    text = jax.jit(fn).lower(*args).as_text()
+    calls = []
+    for m in re.finditer(r"custom_call @(\w*lapack\w*)\([^)]*\)[^\n]*?:\s*\(([^)]*)\)", text):
+        ranks = [t.count("x") for t in re.findall(r"tensor<([^>]*)>", m.group(2))]
+        calls.append((m.group(1), ranks))
+    return calls
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU lowering is what is checked")
+def test_no_batched_lapack_call_under_vmap_on_cpu():
+    """What hangs with jaxlib 0.10: a LAPACK kernel given a batch. Every call is one matrix
+    (rank 2, vectors rank 1), under vmap, nested vmap, and vmap of gradients, in the solvers
+    and in a SPACE training step (subspace refit, combined loss gradient)."""
+    cases = _cases(np.float32)
+    programs = []
+    for fn, args in cases.values():
+        scalar = _scalar(fn)
+        programs += [
+            (jax.vmap(fn), args),
+            (jax.vmap(jax.vmap(fn)), tuple(jnp.stack([a, a]) for a in args)),
+            (jax.vmap(jax.grad(scalar)), args),
+            (jax.grad(lambda *xs, s=scalar: jnp.sum(jax.vmap(s)(*xs))), args),
+        ]
+    Z, Y = _space_problem()
+
+    def space_step(scale):
+        z = Z * scale
+        space = sj.solve_subspaces(z, Y, k=2)
+        return jax.grad(lambda z: sj.combined_loss(z, space.W, space.A, Y))(z)
+
+    programs.append((jax.vmap(space_step), (jnp.linspace(0.5, 2.0, 4),)))
+    seen = set()
+    for fn, args in programs:
+        for kernel, ranks in _lapack_operands(fn, *args):
+            seen.add(kernel)
+            assert max(ranks) <= 2, (kernel, ranks)
+    assert {"lapack_ssyevd_ffi", "lapack_sgesdd_ffi", "lapack_sgetrf_ffi"} <= seen
+
+
+def _space_problem():
+    from conftest import problem
+
+    Z, Y = problem(6, B=48, D=10, dtype=np.float32)
+    return jnp.asarray(Z), {q: jnp.asarray(y) for q, y in Y.items()}
+
+
+def test_library_calls_decompositions_only_through_space_jax_linalg():
+    """The seam: no module of space_jax calls jnp.linalg / jax.scipy.linalg / lax.linalg
+    decompositions directly (they would not be batch-safe)."""
+    root = Path(sj.__file__).parent
+    pattern = re.compile(
+        r"(?<![`\w.])(jnp\.linalg|numpy\.linalg|jax\.scipy\.linalg|jsl|lax\.linalg)\."
+        r"(eigh|eigvalsh|eig|eigvals|svd|svdvals|qr|lstsq|pinv|solve|inv|cholesky|lu|lu_factor|"
+        r"lu_solve|solve_triangular|cho_solve|cho_factor|det|slogdet|matrix_rank|schur|polar)\b"
+    )
+    allowed = {"_lapack.py"}  # the one place that makes the raw calls
+    offenders = [
+        f"{path.relative_to(root)}:{i}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        if path.name not in allowed
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line) and not line.lstrip().startswith(("#", "*", "``"))
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_decompositions_bad_input():
+    L = sj.linalg
+    with pytest.raises(ValueError, match=r"a: expected square matrices"):
+        L.eigh(jnp.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"a: expected an array of at least 2 dimensions"):
+        L.svd(jnp.ones(3))
+    with pytest.raises(ValueError, match=r"b: expected shape \(5,\) or \(5,\) \+ \(k,\)"):
+        L.lstsq(jnp.ones((5, 2)), jnp.ones((4,)))
+    with pytest.raises(ValueError, match=r"b: expected shape \(3,\)"):
+        L.solve(jnp.eye(3), jnp.ones(4))
+    with pytest.raises(TypeError, match=r"rtol: expected a Python float or None"):
+        jax.jit(lambda t: L.pinv(jnp.eye(3), rtol=t))(0.1)
+    with pytest.raises(ValueError, match=r"rcond: expected a cut-off >= 0"):
+        L.lstsq(jnp.eye(3), jnp.ones(3), rcond=-1.0)
+    with pytest.raises(NotImplementedError, match="full_matrices=True"):
+        jax.grad(lambda a: jnp.sum(L.svd(a, full_matrices=True)[1]))(jnp.eye(3))
+
+
+def test_gpu_lowering_keeps_the_batched_solvers():
+    """The platform is chosen when lowering: for CUDA (lowered here without a GPU) a vmapped
+    eigh and SVD are one batched cuSOLVER call each, no loop; for CPU a loop of unbatched calls."""
+
+    def lowered(fn, platform):
+        return (
+            jax.jit(jax.vmap(fn))
+            .trace(jnp.ones((4, 6, 6)))
+            .lower(lowering_platforms=(platform,))
+            .as_text()
+        )
+
+    for fn, kernel in ((sj.linalg.eigh, "cusolver_syevd"), (sj.linalg.svd, "cusolver_gesvd")):
+        cuda, cpu = lowered(fn, "cuda"), lowered(fn, "cpu")
+        calls = re.findall(r"custom_call @(\w+)\([^)]*\)[^\n]*?:\s*\(tensor<([^>]*)>", cuda)
+        assert any(kernel in name and shape.startswith("4x6x6") for name, shape in calls), calls
+        assert "stablehlo.while" not in cuda
+        assert "stablehlo.while" in cpu

@@ -262,3 +262,32 @@ def test_shape_errors_raise_at_trace_time():
     f = jax.jit(sj.alignment_loss)
     with pytest.raises(ValueError, match="batch size"):
         f(Z, W, A, {**Y, "energy": Y["energy"][:10]})
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20, 2.0**100])
+def test_scale_invariant_terms_do_not_overflow(scale):
+    # The disentanglement and isotropy terms are scale-invariant; the Gram matrix of latents near
+    # 1e20 overflows float32 (B * 1e40), so the statistics are formed from latents divided by a
+    # power of two. The reference (an SVD of the residual) gives its scale-1 value at 1e20 and,
+    # where its 1e-8 stabilisers dominate (latents near 1e-20), 1 and 0: so do we.
+    Z, W, A, Y, _ = setup(np.float32)
+    Zs = (Z.astype(np.float64) * scale).astype(np.float32)
+    for name in ("disentanglement", "isotropy"):
+        got = float(ours(name, *to_jax((Zs, W, A, Y)), None))
+        want = float(reference(name, *to_torch((Zs, W, A, Y)), None))
+        assert np.isfinite(got), name
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=name)
+    # The combined loss's gradient of the scale-invariant terms stays finite as well.
+    weights = sj.LossWeights(alignment=0.0, stability=0.0)
+    grad = jax.grad(sj.combined_loss)(*to_jax((Zs, W, A, Y)), n_dir=8, weights=weights)
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_scaling_is_exact_at_moderate_scales():
+    # Dividing by a power of two changes no rounding: the loss at scale 1 and at scale 2**k
+    # (where the reference's 1e-8 stabilisers are negligible) agree to float32 rounding.
+    Z, W, A, Y, _ = setup(np.float32)
+    Z, W = to_jax((Z, W))
+    base = sj.disentanglement_loss(Z, W) + sj.isotropy_loss(Z, W, n_dir=8)
+    scaled = sj.disentanglement_loss(Z * 2.0**40, W) + sj.isotropy_loss(Z * 2.0**40, W, n_dir=8)
+    np.testing.assert_allclose(scaled, base, rtol=1e-6)

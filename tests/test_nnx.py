@@ -59,8 +59,9 @@ def test_refresh_and_loss_match_the_functions():
     chex.assert_trees_all_close(reg.current().W, want.W, atol=1e-5)
     chex.assert_trees_all_close(reg.current().A, want.A, atol=1e-4)
     chex.assert_trees_all_close(drift, {"field": 0.0, "energy": 0.0})
-    # First refresh: W_prev is the new basis, so the stability term is 0.
-    chex.assert_trees_all_close(reg.W_prev.get_value(), want.W)
+    # First refresh: W_prev is the new basis, so the stability term is 0. The jitted refresh and
+    # the eager solve differ by float32 rounding in the SVD (seen: 5e-7), hence atol as for W.
+    chex.assert_trees_all_close(reg.W_prev.get_value(), want.W, atol=1e-5)
 
     Z2, Y2 = data(1)
     drift = reg.refresh(Z2, Y2)

@@ -1,0 +1,81 @@
+"""Soak test: a vmapped SPACE training sweep at the demo's sizes finishes, three times in a row.
+
+With jaxlib 0.10 on CPU this program hung (batched LAPACK calls deadlocking XLA's thread pool)
+before ``space_jax.linalg`` made every decomposition batch-safe. It runs in a subprocess with a
+hard timeout: a hang is a failure, not a stuck test run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 600  # a hang never ends; this run takes well under a minute on an idle machine
+
+SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, importlib.util, json, sys, time
+    import jax, numpy as np
+    spec = importlib.util.spec_from_file_location("space_demo", sys.argv[1])
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = demo
+    spec.loader.exec_module(demo)
+    import space_jax as sj
+
+    # The demo's data, model and matrix sizes (fields 32x32 -> 1024 inputs, hidden 256, D = 56,
+    # batches of 128, 16 configurations), few steps: 2 periods of (subspace refresh + 1 epoch
+    # of 3 batches) per run.
+    cfg = dataclasses.replace(demo.Config(), sweep_epochs=2, refresh_every=1)
+    data, sizes = demo.make_data(cfg)
+    data["x_fit"] = data["x_fit"][:384]
+    data["y_fit"] = {q: v[:384] for q, v in data["y_fit"].items()}
+    configs = demo.grid_configs(cfg)[:16]
+    assert len(configs) == 16, len(configs)
+    train_fn = demo.make_sweep_train(cfg, sizes, data)
+    x_ref = data["x_fit"][: cfg.n_ref]
+    y_ref = {q: v[: cfg.n_ref] for q, v in data["y_fit"].items()}
+    args = (data["x_fit"], data["y_fit"], x_ref, y_ref, data["x_val"], data["y_val"])
+    batch = {n: jax.numpy.asarray([c[n] for c in configs]) for n in configs[0]}
+    program = jax.jit(jax.vmap(train_fn, in_axes=(0,) + (None,) * len(args)))
+    runs = []
+    for i in range(3):
+        t = time.perf_counter()
+        out = jax.block_until_ready(program(batch, *args))
+        runs.append({k: np.asarray(v).tolist() for k, v in out.items()})
+        print(f"run {i}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+    print(json.dumps({"latent_dim": sizes["latent_dim"], "runs": runs}))
+    """
+)
+
+
+def test_vmapped_space_sweep_at_demo_sizes_finishes_three_times():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", SCRIPT, str(ROOT / "examples" / "demo.py")],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            env=env,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(
+            f"the vmapped sweep did not finish in {TIMEOUT_S} s (a hang?); stderr: "
+            f"{(err.stderr or b'')[-2000:]!r}"
+        ) from None
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["latent_dim"] == 56
+    first, *others = result["runs"]
+    for metric, values in first.items():
+        assert len(values) == 16 and all(abs(v) < 1e6 for v in values), metric
+        for other in others:  # the same program on the same data: the same numbers
+            assert other[metric] == values, metric
+    # The configurations differ, and so do their scores.
+    assert len(set(first["val_mean_r2"])) > 1
