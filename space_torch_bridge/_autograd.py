@@ -120,7 +120,9 @@ def _value_and_grad_fn(text: str, grad_mask: tuple[bool, ...]) -> Callable:
         def loss_of(wrt):
             loss = _apply(spec, _merge(arrays, wrt, grad_mask), key)
             if jnp.ndim(loss) != 0:
-                raise TypeError(f"{spec.label}: expected a scalar loss, got shape {jnp.shape(loss)}")
+                raise TypeError(
+                    f"{spec.label}: expected a scalar loss, got shape {jnp.shape(loss)}"
+                )
             return loss
 
         wrt = [x for x, m in zip(arrays, grad_mask, strict=True) if m]
@@ -175,7 +177,6 @@ def _check_not_forked(label: str) -> None:
         )
 
 
-
 def _key(seed: torch.Tensor | None):
     return None if seed is None else jax.random.key(int(seed))
 
@@ -213,7 +214,9 @@ def _grads_to_torch(grads, leaves, grad_mask, others=()) -> list[torch.Tensor]:
     """Gradients of the masked leaves, each in its leaf's dtype."""
     masked = [t for t, m in zip(leaves, grad_mask, strict=True) if m]
     inputs = [*leaves, *others]
-    return [_fresh(_convert.to_torch(g, like=t), inputs) for g, t in zip(grads, masked, strict=True)]
+    return [
+        _fresh(_convert.to_torch(g, like=t), inputs) for g, t in zip(grads, masked, strict=True)
+    ]
 
 
 def _like(leaves: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -341,7 +344,8 @@ def _loss_setup(ctx, inputs, output):
     ctx.label = spec_text  # parsed only if an error message needs it
     ctx.grad_mask = tuple(grad_mask)
     ctx.n_grads = len(output) - 1
-    kept = [] if torch.compiler.is_compiling() else [t for t, m in zip(leaves, grad_mask) if m]
+    masked = [t for t, m in zip(leaves, grad_mask, strict=True) if m]
+    kept = [] if torch.compiler.is_compiling() else masked
     ctx.save_for_backward(*output[1:], *kept)
 
 
@@ -420,7 +424,9 @@ def register(op_name: str, fn: Callable, *, loss: bool, differentiable: bool = T
         op = _define(op_name, "function", _function_impl, _function_fake)
         if differentiable:
             _define(f"{op_name}_vjp", "vjp", _vjp_impl, _vjp_fake)
-            _OPS[(op_name, "vjp")] = getattr(getattr(torch.ops, _NAMESPACE), f"{op_name}_vjp").default
+            _OPS[(op_name, "vjp")] = getattr(
+                getattr(torch.ops, _NAMESPACE), f"{op_name}_vjp"
+            ).default
             op.register_autograd(_function_backward, setup_context=_function_setup)
     _OPS[(op_name, kind)] = getattr(getattr(torch.ops, _NAMESPACE), op_name).default
 

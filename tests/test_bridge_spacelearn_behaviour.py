@@ -106,7 +106,10 @@ def test_combined_loss_keeps_spacelearns_signature():
     sl, br = both("combined_loss")
     assert inspect.signature(sl).parameters.keys() == inspect.signature(br).parameters.keys()
     for name in ("W_prev", "n_dir"):
-        ours, theirs = inspect.signature(br).parameters[name], inspect.signature(sl).parameters[name]
+        ours, theirs = (
+            inspect.signature(br).parameters[name],
+            inspect.signature(sl).parameters[name],
+        )
         assert (ours.kind, ours.default) == (theirs.kind, theirs.default)
 
 
