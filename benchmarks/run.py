@@ -160,7 +160,7 @@ def _call_extra(module: str, calls: dict[str, tuple[tuple, dict]], log) -> dict:
 def _extras(sizes, quick: bool, log) -> dict:
     """The neighbour benchmarks, at the requested sizes they offer (only "small" when quick)."""
     out = {}
-    for module in ("shared_space", "sweep", "breakdown"):
+    for module in ("shared_space", "sweep", "breakdown", "torch_step"):
         mod, status = _import_extra(module)
         if mod is None:
             out[module] = {"all sizes": status}

@@ -1,4 +1,4 @@
-"""DataLoader workers that call the bridge, and a compiled SPACE training step.
+"""DataLoader workers that call the bridge.
 
     python examples/torch_dataloader.py [--fork]
 
@@ -54,13 +54,9 @@ def main(context: str = "spawn") -> float:
         space = solve_subspaces(model(data.samples), pooled_targets(samples=data.samples), k=3)
     W, A = space.W, space.A
 
-    @torch.compile(fullgraph=True)
-    def objective(x, Y):
-        return combined_loss(model(x), W, A, Y, None, n_dir=4)
-
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for x, Y in loader:
-        loss = objective(x, Y)
+        loss = combined_loss(model(x), W, A, Y, None, n_dir=4)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
