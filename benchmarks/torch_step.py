@@ -33,6 +33,12 @@ SIZES = {
     "main": (4096, 512, 1024, 256, 4, 64, 16),
 }
 IMPLS = ("spacelearn", "bridge")
+# The step's phases: model forward + reconstruction, the SPACE loss call, backward, Adam.
+PHASES = ("forward", "space call", "backward", "adam")
+# Process environments compared: what users get, and torch's OpenMP threads told not to
+# spin-wait (libgomp reads OMP_WAIT_POLICY when torch is imported, so only a fresh process
+# can change it).
+VARIANTS = {"default": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 def step_times(impl: str, size: str, steps: int, warmup: int = 5) -> dict:
@@ -64,26 +70,41 @@ def step_times(impl: str, size: str, steps: int, warmup: int = 5) -> dict:
     W, A = space.W, space.A
     W_prev = {q: (w + 1e-3).contiguous() for q, w in W.items()}
 
-    def step(with_space: bool) -> float:
-        t0 = time.perf_counter()
+    def step(with_space: bool) -> dict[str, float]:
+        t = [time.perf_counter()]
+        c0 = time.process_time()
         z = encoder(x)
         loss = nn.functional.mse_loss(decoder(z), x)
+        t.append(time.perf_counter())
         if with_space:
             with contextlib.redirect_stdout(io.StringIO()):
                 loss = loss + lib.combined_loss(z, W, A, Y, W_prev)
+        t.append(time.perf_counter())
         optimizer.zero_grad()
         loss.backward()
+        t.append(time.perf_counter())
         optimizer.step()
-        return time.perf_counter() - t0
+        t.append(time.perf_counter())
+        phases = dict(zip(PHASES, (b - a for a, b in zip(t, t[1:], strict=False)), strict=True))
+        return {"step": t[-1] - t[0], "cpu": time.process_time() - c0, **phases}
 
     for i in range(warmup):
         step(i % 2 == 0)
-    plain, with_space = [], []
+    runs: dict[bool, list[dict]] = {False: [], True: []}
     for _ in range(steps):
-        plain.append(step(False))
-        with_space.append(step(True))
-    p, w = statistics.median(plain), statistics.median(with_space)
-    return {"plain_s": p, "with_space_s": w, "space_s": w - p}
+        for with_space in (False, True):
+            runs[with_space].append(step(with_space))
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+    out = {
+        "plain_s": med[False]["step"],
+        "with_space_s": med[True]["step"],
+        "space_s": med[True]["step"] - med[False]["step"],
+        "cpu_space_s": med[True]["cpu"] - med[False]["cpu"],
+    }
+    for phase in PHASES:
+        out[f"{phase} plain_s"] = med[False][phase]
+        out[f"{phase} with_space_s"] = med[True][phase]
+    return out
 
 
 def _worker(impl: str, size: str, steps: int, env: dict[str, str]) -> dict:
@@ -106,30 +127,49 @@ def _worker(impl: str, size: str, steps: int, env: dict[str, str]) -> dict:
     return json.loads(lines[-1][len("RESULT") :])
 
 
-def run(size: str = "main", *, steps: int = 30, processes: int = 2, env=None, log=None) -> dict:
-    """Both libraries at ``size``, in alternating processes; medians in milliseconds."""
-    runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
-    for _ in range(processes):
-        for impl in IMPLS:
-            runs[impl].append(_worker(impl, size, steps, dict(env or {})))
-            if log:
-                log(f"  torch_step {size} {impl}: {runs[impl][-1]}")
+def run(
+    size: str = "main",
+    *,
+    steps: int = 15,
+    processes: int = 2,
+    variants=("default", "OMP_WAIT_POLICY=PASSIVE"),
+    env=None,
+    log=None,
+) -> dict:
+    """Both libraries at ``size``, per process environment, in alternating processes.
+
+    Returns milliseconds (medians over steps, then over processes) per variant and library:
+    the plain step, the step with SPACE, SPACE's share (their difference), its CPU time, and
+    each phase; then spacelearn's share over the bridge's (the target is >= 3).
+    """
     out: dict = {"B, in, hidden, D, Q, m, k": str(SIZES[size])}
-    for impl in IMPLS:
-        for key in ("plain_s", "with_space_s", "space_s"):
-            value = statistics.median(r[key] for r in runs[impl])
-            out[f"{impl} {key[:-2]} ms"] = round(1e3 * value, 2)
-    sl, br = out["spacelearn space ms"], out["bridge space ms"]
-    out["SPACE share: spacelearn / bridge"] = round(sl / br, 2) if br > 0 else None
-    out["target (>= 3x)"] = "met" if br > 0 and sl / br >= 3 else "missed"
-    out["method"] = f"separate processes, {processes} per library, {steps} alternating step pairs"
+    for variant in variants:
+        runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
+        for _ in range(processes):
+            for impl in IMPLS:
+                worker_env = {**VARIANTS[variant], **dict(env or {})}
+                runs[impl].append(_worker(impl, size, steps, worker_env))
+                if log:
+                    log(f"  torch_step {size} {variant} {impl}: {runs[impl][-1]['space_s']:.4f} s")
+        for impl in IMPLS:
+            for key in runs[impl][0]:
+                value = statistics.median(r[key] for r in runs[impl])
+                out[f"{variant}: {impl} {key[:-2]} ms"] = round(1e3 * value, 2)
+        sl, br = out[f"{variant}: spacelearn space ms"], out[f"{variant}: bridge space ms"]
+        out[f"{variant}: SPACE share spacelearn / bridge"] = round(sl / br, 2) if br > 0 else None
+        out[f"{variant}: target >= 3x"] = "met" if br > 0 and sl / br >= 3 else "missed"
+    out["method"] = (
+        f"separate processes ({processes} per library and variant, alternating), "
+        f"{steps} alternating step pairs each after 5 warm-up steps; medians"
+    )
     return out
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="small,main")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"of {list(VARIANTS)}")
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the workers")
     args = p.parse_args(argv)
@@ -137,7 +177,14 @@ def main(argv=None) -> dict:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     results = {}
     for size in [s for s in args.sizes.split(",") if s]:
-        results[size] = run(size, steps=args.steps, processes=args.processes, env=env, log=log)
+        results[size] = run(
+            size,
+            steps=args.steps,
+            processes=args.processes,
+            variants=[v for v in args.variants.split(",") if v],
+            env=env,
+            log=log,
+        )
         print(json.dumps({size: results[size]}, indent=1))
     return results
 

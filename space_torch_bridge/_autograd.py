@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -119,7 +120,9 @@ def _value_and_grad_fn(text: str, grad_mask: tuple[bool, ...]) -> Callable:
         def loss_of(wrt):
             loss = _apply(spec, _merge(arrays, wrt, grad_mask), key)
             if jnp.ndim(loss) != 0:
-                raise TypeError(f"{spec.label}: expected a scalar loss, got shape {jnp.shape(loss)}")
+                raise TypeError(
+                    f"{spec.label}: expected a scalar loss, got shape {jnp.shape(loss)}"
+                )
             return loss
 
         wrt = [x for x, m in zip(arrays, grad_mask, strict=True) if m]
@@ -147,6 +150,31 @@ def _vjp_fn(text: str, grad_mask: tuple[bool, ...]) -> Callable:
 
 
 # --- between torch and JAX, inside the ops ---------------------------------------------------
+
+_forked_after_jax = False
+
+
+def _note_fork() -> None:
+    global _forked_after_jax
+    from jax._src import xla_bridge
+
+    _forked_after_jax = _forked_after_jax or xla_bridge.backends_are_initialized()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
+
+def _check_not_forked(label: str) -> None:
+    """A child forked after JAX started cannot run JAX (its threads did not survive the fork):
+    it would hang. Say so instead (DataLoader workers use fork by default on Linux)."""
+    if _forked_after_jax:
+        raise RuntimeError(
+            f"space_torch_bridge.{label}: this process was forked after JAX started in its "
+            "parent (e.g. a DataLoader worker with the default 'fork' start method); JAX "
+            "cannot run in a forked child, it would deadlock. Start the workers with "
+            "DataLoader(..., multiprocessing_context='spawn') (or 'forkserver')."
+        )
 
 
 def _key(seed: torch.Tensor | None):
@@ -186,7 +214,9 @@ def _grads_to_torch(grads, leaves, grad_mask, others=()) -> list[torch.Tensor]:
     """Gradients of the masked leaves, each in its leaf's dtype."""
     masked = [t for t, m in zip(leaves, grad_mask, strict=True) if m]
     inputs = [*leaves, *others]
-    return [_fresh(_convert.to_torch(g, like=t), inputs) for g, t in zip(grads, masked, strict=True)]
+    return [
+        _fresh(_convert.to_torch(g, like=t), inputs) for g, t in zip(grads, masked, strict=True)
+    ]
 
 
 def _like(leaves: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -196,6 +226,7 @@ def _like(leaves: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _loss_impl(leaves, seed, spec_text, grad_mask):
     spec = _spec.parse(spec_text)
+    _check_not_forked(spec.label)
     grad_mask = tuple(grad_mask)
     with _convert.precision_scope(*leaves):
         arrays = _to_jax(spec, leaves)
@@ -217,6 +248,7 @@ def _loss_fake(leaves, seed, spec_text, grad_mask):
 
 def _function_impl(leaves, seed, spec_text, grad_mask):
     spec = _spec.parse(spec_text)
+    _check_not_forked(spec.label)
     with _convert.precision_scope(*leaves):
         outs, flags = _value_fn(spec_text)(_to_jax(spec, leaves), _key(seed))
         _check_finite(spec, flags)
@@ -312,7 +344,8 @@ def _loss_setup(ctx, inputs, output):
     ctx.label = spec_text  # parsed only if an error message needs it
     ctx.grad_mask = tuple(grad_mask)
     ctx.n_grads = len(output) - 1
-    kept = [] if torch.compiler.is_compiling() else [t for t, m in zip(leaves, grad_mask) if m]
+    masked = [t for t, m in zip(leaves, grad_mask, strict=True) if m]
+    kept = [] if torch.compiler.is_compiling() else masked
     ctx.save_for_backward(*output[1:], *kept)
 
 
@@ -391,7 +424,9 @@ def register(op_name: str, fn: Callable, *, loss: bool, differentiable: bool = T
         op = _define(op_name, "function", _function_impl, _function_fake)
         if differentiable:
             _define(f"{op_name}_vjp", "vjp", _vjp_impl, _vjp_fake)
-            _OPS[(op_name, "vjp")] = getattr(getattr(torch.ops, _NAMESPACE), f"{op_name}_vjp").default
+            _OPS[(op_name, "vjp")] = getattr(
+                getattr(torch.ops, _NAMESPACE), f"{op_name}_vjp"
+            ).default
             op.register_autograd(_function_backward, setup_context=_function_setup)
     _OPS[(op_name, kind)] = getattr(getattr(torch.ops, _NAMESPACE), op_name).default
 
@@ -480,6 +515,7 @@ def host_call(
     for a, n in zip(args, names, strict=True):
         _spec.describe(a, n, label, leaves, leaf_names)
     check_tensors(leaves, leaf_names, label)
+    _check_not_forked(label)
     with _convert.precision_scope(*leaves):
         converted = [_convert.tree_to_jax(a, name=n) for a, n in zip(args, names, strict=True)]
         return fn(*converted, **(static or {}))

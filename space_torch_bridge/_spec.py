@@ -62,11 +62,15 @@ def describe(arg: Any, name: str, label: str, leaves: list, names: list) -> Any:
         for k in keys:
             if not isinstance(k, str | int):
                 raise TypeError(f"{label}: the keys of {name} must be str, got {k!r}")
-        children = tuple(describe(v, f"{name}[{k!r}]", label, leaves, names) for k, v in arg.items())
+        children = tuple(
+            describe(v, f"{name}[{k!r}]", label, leaves, names) for k, v in arg.items()
+        )
         return ("dict", keys, children)
     if isinstance(arg, tuple | list):
         kind = "list" if isinstance(arg, list) else "tuple"
-        children = tuple(describe(v, f"{name}[{i}]", label, leaves, names) for i, v in enumerate(arg))
+        children = tuple(
+            describe(v, f"{name}[{i}]", label, leaves, names) for i, v in enumerate(arg)
+        )
         return (kind, children)
     raise TypeError(f"{label}: {name} must be a torch.Tensor, got {type(arg).__name__}")
 
@@ -145,9 +149,7 @@ class Spec:
     @functools.cached_property
     def leaf_names(self) -> list[str]:
         return [
-            n
-            for s, a in zip(self.inputs[1], self.arg_names, strict=True)
-            for n in leaf_names(s, a)
+            n for s, a in zip(self.inputs[1], self.arg_names, strict=True) for n in leaf_names(s, a)
         ]
 
     def arguments(self, leaves: Sequence) -> list:

@@ -48,7 +48,9 @@ def check_k(k: Any, label: str) -> Any:
 def check_mode(mode: Any, label: str) -> str:
     """A pooling mode; spacelearn's ``ValueError("Invalid mode: ...")`` phrase first."""
     if not isinstance(mode, str) or mode not in POOL_MODES:
-        raise ValueError(f"Invalid mode: {mode}. {label}: mode must be 'avg' or 'max', got {mode!r}")
+        raise ValueError(
+            f"Invalid mode: {mode}. {label}: mode must be 'avg' or 'max', got {mode!r}"
+        )
     return mode
 
 

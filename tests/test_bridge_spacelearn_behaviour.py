@@ -171,3 +171,45 @@ def test_validation_does_not_depend_on_earlier_calls_in_a_fresh_process():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RESULT True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_dataloader_workers_that_call_the_bridge_work_with_spawn():
+    proc = subprocess.run(
+        [sys.executable, "examples/torch_dataloader.py"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "final SPACE loss" in proc.stdout
+
+
+FORKED = textwrap.dedent(
+    """
+    import os, torch
+    from space_torch_bridge import data
+
+    data.pool(torch.randn(2, 4), 2)  # JAX runs in the parent
+    pid = os.fork()
+    if pid == 0:
+        try:
+            data.pool(torch.randn(2, 4), 2)
+        except RuntimeError as e:
+            os._exit(3 if "multiprocessing_context='spawn'" in str(e) else 4)
+        os._exit(5)
+    _, status = os.waitpid(pid, 0)
+    print("CHILD", os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_child_forked_after_jax_started_refuses_instead_of_hanging():
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", FORKED],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "CHILD 3" in proc.stdout, proc.stdout + proc.stderr[-2000:]
