@@ -404,3 +404,26 @@ def test_gpu_lowering_keeps_the_batched_solvers():
         assert any(kernel in name and shape.startswith("4x6x6") for name, shape in calls), calls
         assert "stablehlo.while" not in cuda
         assert "stablehlo.while" in cpu
+
+
+def test_empty_matrices_match_jax_numpy():
+    L = sj.linalg
+    pairs = [
+        (L.eigh(jnp.zeros((0, 0))), jnp.linalg.eigh(jnp.zeros((0, 0)))),
+        (L.eigh(jnp.zeros((0, 3, 3))), jnp.linalg.eigh(jnp.zeros((0, 3, 3)))),
+        (L.pinv(jnp.zeros((0, 3))), jnp.linalg.pinv(jnp.zeros((0, 3)))),
+        (
+            L.lstsq(jnp.zeros((0, 2)), jnp.zeros(0)),
+            jnp.linalg.lstsq(jnp.zeros((0, 2)), jnp.zeros(0))[0],
+        ),
+        (
+            L.svd(jnp.zeros((0, 3)), compute_uv=False),
+            jnp.linalg.svd(jnp.zeros((0, 3)), compute_uv=False),
+        ),
+    ]
+    for got, want in pairs:
+        for g, w in zip(
+            jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True
+        ):
+            assert g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
