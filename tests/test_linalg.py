@@ -407,23 +407,16 @@ def test_gpu_lowering_keeps_the_batched_solvers():
 
 
 def test_empty_matrices_match_jax_numpy():
-    L = sj.linalg
+    L, e = sj.linalg, jnp.zeros
     pairs = [
-        (L.eigh(jnp.zeros((0, 0))), jnp.linalg.eigh(jnp.zeros((0, 0)))),
-        (L.eigh(jnp.zeros((0, 3, 3))), jnp.linalg.eigh(jnp.zeros((0, 3, 3)))),
-        (L.pinv(jnp.zeros((0, 3))), jnp.linalg.pinv(jnp.zeros((0, 3)))),
-        (
-            L.lstsq(jnp.zeros((0, 2)), jnp.zeros(0)),
-            jnp.linalg.lstsq(jnp.zeros((0, 2)), jnp.zeros(0))[0],
-        ),
-        (
-            L.svd(jnp.zeros((0, 3)), compute_uv=False),
-            jnp.linalg.svd(jnp.zeros((0, 3)), compute_uv=False),
-        ),
+        (L.eigh(e((0, 0))), jnp.linalg.eigh(e((0, 0)))),
+        (L.eigh(e((0, 3, 3))), jnp.linalg.eigh(e((0, 3, 3)))),
+        (L.pinv(e((0, 3))), jnp.linalg.pinv(e((0, 3)))),
+        (L.lstsq(e((0, 2)), e(0)), jnp.linalg.lstsq(e((0, 2)), e(0))[0]),
+        (L.svd(e((0, 3)), compute_uv=False), jnp.linalg.svd(e((0, 3)), compute_uv=False)),
     ]
     for got, want in pairs:
-        for g, w in zip(
-            jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True
-        ):
+        leaves = jax.tree_util.tree_leaves
+        for g, w in zip(leaves(got), leaves(want), strict=True):
             assert g.shape == w.shape
             np.testing.assert_array_equal(g, w)
