@@ -230,6 +230,8 @@ def qr(a: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
 
 def _pinv_primal(a, rtol, hermitian):
     m, n = a.shape
+    if m == 0 or n == 0:
+        return jnp.zeros((n, m), a.dtype)
     if rtol is None:
         rtol = 10.0 * max(m, n) * jnp.finfo(a.dtype).eps
     if hermitian:

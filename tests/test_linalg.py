@@ -404,3 +404,19 @@ def test_gpu_lowering_keeps_the_batched_solvers():
         assert any(kernel in name and shape.startswith("4x6x6") for name, shape in calls), calls
         assert "stablehlo.while" not in cuda
         assert "stablehlo.while" in cpu
+
+
+def test_empty_matrices_match_jax_numpy():
+    L, e = sj.linalg, jnp.zeros
+    pairs = [
+        (L.eigh(e((0, 0))), jnp.linalg.eigh(e((0, 0)))),
+        (L.eigh(e((0, 3, 3))), jnp.linalg.eigh(e((0, 3, 3)))),
+        (L.pinv(e((0, 3))), jnp.linalg.pinv(e((0, 3)))),
+        (L.lstsq(e((0, 2)), e(0)), jnp.linalg.lstsq(e((0, 2)), e(0))[0]),
+        (L.svd(e((0, 3)), compute_uv=False), jnp.linalg.svd(e((0, 3)), compute_uv=False)),
+    ]
+    for got, want in pairs:
+        leaves = jax.tree_util.tree_leaves
+        for g, w in zip(leaves(got), leaves(want), strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
