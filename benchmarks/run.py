@@ -39,8 +39,8 @@ HEADLINE = (
     ("large", "solve_subspaces"),
 )
 _PROCESS_ROUNDS = 5
-_SWEEP_B = (512, 1024, 2048, 4096, 8192, 16384)
-_SWEEP_D = (64, 128, 256, 512, 1024)
+_SWEEP_B = (512, 2048, 8192, 16384)
+_SWEEP_D = (64, 256, 512, 1024)
 _QUICK_SWEEP_B = (256, 512)
 _QUICK_SWEEP_D = (32, 64)
 # Size names of the neighbour benchmarks (shared_space, sweep) that stand for ours.
@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-extras",
         action="store_true",
-        help="skip benchmarks.shared_space, benchmarks.sweep, benchmarks.breakdown and "
+        help="skip benchmarks.shared_space, .sweep, .breakdown, .torch_step and "
         "benchmarks.streaming",
     )
     p.add_argument(
@@ -186,6 +186,9 @@ def _extras(sizes, quick: bool, log) -> dict:
         }
         streaming_calls[s.name] = ((), kwargs)
     out["streaming"] = _call_extra("streaming", streaming_calls, log)
+    # The all-reduce across 2 processes x 2 CPU devices, at the main size (README, "Several hosts").
+    if not quick and any(s.name == "main" for s in sizes):
+        out["multihost"] = _call_extra("multihost", {"main": ((), {})}, log)
     return out
 
 

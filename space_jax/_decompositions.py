@@ -68,6 +68,7 @@ def _eigh1_jvp(primals, tangents):
     return (w, v), (jnp.real(jnp.diagonal(vdv)).astype(w.dtype), _mm(v, f * vdv))
 
 
+@jax.jit
 def eigh(a: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Eigenvalues (ascending) and eigenvectors of symmetric (Hermitian) matrices.
 
@@ -87,6 +88,7 @@ def eigh(a: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
     return _batched(_eigh1, a.ndim - 2)(a)
 
 
+@jax.jit
 def eigvalsh(a: jax.typing.ArrayLike) -> jax.Array:
     """Eigenvalues (ascending) of symmetric matrices ``(..., n, n)``: ``(..., n)``.
 
@@ -157,6 +159,7 @@ def _svd_full1_jvp(primals, tangents):
     )
 
 
+@functools.partial(jax.jit, static_argnames=("full_matrices", "compute_uv"))
 def svd(a: jax.typing.ArrayLike, *, full_matrices: bool = False, compute_uv: bool = True):
     """Singular value decomposition ``a = u @ diag(s) @ vh``, batch-safe under ``vmap``.
 
@@ -208,6 +211,7 @@ def _qr1_jvp(primals, tangents):
     return (q, r), (dq, dr)
 
 
+@jax.jit
 def qr(a: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Reduced QR factorisation ``a = q @ r``, batch-safe under ``vmap``.
 
@@ -291,11 +295,14 @@ def pinv(
     Returns:
       ``(..., n, m)``.
     """
+    return _pinv_jit(a, _static_tol(rtol, "rtol"), bool(hermitian))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pinv_jit(a, rtol, hermitian):
     a = _float(a, "a")
-    rtol = _static_tol(rtol, "rtol")
     if hermitian and a.shape[-1] != a.shape[-2]:
         raise ValueError(f"a: hermitian=True needs square matrices, got shape {a.shape}")
-    hermitian = bool(hermitian)
     return _batched(lambda x: _pinv1(x, rtol, hermitian), a.ndim - 2)(a)
 
 
@@ -314,6 +321,11 @@ def lstsq(
     Returns:
       ``x`` of shape ``(..., n)`` or ``(..., n, k)``.
     """
+    return _lstsq_jit(a, b, _static_tol(rcond, "rcond"))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _lstsq_jit(a, b, rcond):
     a = _float(a, "a")
     b = jnp.asarray(b)
     if b.ndim not in (a.ndim - 1, a.ndim) or b.shape[: a.ndim - 1] != a.shape[:-1]:
@@ -321,7 +333,6 @@ def lstsq(
             f"b: expected shape {a.shape[:-1]} or {a.shape[:-1]} + (k,) for a of shape "
             f"{a.shape}, got {b.shape}"
         )
-    rcond = _static_tol(rcond, "rcond")
     if rcond is None:
         rcond = float(jnp.finfo(a.dtype).eps) * max(a.shape[-2:])
     dtype = jnp.result_type(a, b)
@@ -349,6 +360,7 @@ def _solve1(a, b):
     )
 
 
+@jax.jit
 def solve(a: jax.typing.ArrayLike, b: jax.typing.ArrayLike) -> jax.Array:
     """Solution ``x`` of the square system ``a @ x = b``, batch-safe under ``vmap``.
 

@@ -252,7 +252,9 @@ def solve_dims(
     _check_mode(pooling_mode)
     if pooling_mode == "avg":
         max_bins_checked = check_positive_int(max_bins, "max_bins")
-        Yh = _host_targets(Y)
+        Yh = _host_targets(
+            {q: _as_series(y) for q, y in Y.items()} if isinstance(Y, Mapping) else Y
+        )
         bin_ts = _thresholds(Yh, bin_thresholds, bin_default_threshold, 0.95, "bin_thresholds")
         k_ts = _thresholds(Yh, k_thresholds, k_default_threshold, 0.90, "k_thresholds")
         fast = _solve_dims_from_grams(
@@ -282,7 +284,7 @@ def _as_series(y):
     return y[:, None] if y.ndim == 1 else y
 
 
-def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype, name: str = "Y") -> jax.Array:
+def _avg_pool_matrix(shape: tuple[int, ...], n_bins: int, dtype, name: str) -> jax.Array:
     """``P`` with ``pool(y, n_bins, "avg").reshape(B, -1) == y.reshape(B, -1) @ P``; a scalar
     per sample (a 1-D target) is the series of length 1."""
     shape = shape or (1,)
@@ -318,7 +320,7 @@ def _gram_ranks(grams: tuple, thresholds: jax.Array) -> jax.Array:
 def _pooled_gram_ranks(grams: tuple, thresholds: jax.Array, shapes: tuple, bins: tuple):
     pooled = []
     for g, shape, n in zip(grams, shapes, bins, strict=True):
-        p = _avg_pool_matrix(shape, n, g.dtype)
+        p = _avg_pool_matrix(shape, n, g.dtype, "Y")
         pooled.append(p.T @ g @ p)
     return _gram_ranks(tuple(pooled), thresholds)
 

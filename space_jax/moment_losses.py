@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ._checks import as_float, check_keys, check_positive_int
+from ._checks import as_float, check_keys, check_loss_weights, check_positive_int
 from .linalg import symmetric_eigvals
 from .losses import (
     LossWeights,
@@ -77,7 +77,7 @@ def combined_loss_from_moments(
     W_prev: Mapping | None = None,
     *,
     n_dir: int = 32,
-    weights: LossWeights | tuple | None = None,
+    weights: LossWeights | tuple | Mapping | None = None,
     order: tuple[str, ...] | None = None,
 ) -> jax.Array:
     """:func:`~space_jax.combined_loss` of the data summarised by ``m``.
@@ -91,7 +91,7 @@ def combined_loss_from_moments(
       n_dir: leading singular values used by the isotropy term (static); as in
         ``combined_loss``, at most ``min(count, D)`` are used (the count must then be concrete
         when it is smaller than ``min(n_dir, D)``).
-      weights: :class:`~space_jax.LossWeights` (or a 4-tuple), default 1 each.
+      weights: as :func:`~space_jax.combined_loss` (default 1 each).
       order: quantity order of the disentanglement pairs (static); default sorted names.
 
     Returns:
@@ -108,7 +108,7 @@ def combined_loss_from_moments(
     n = min(n_dir, d)
     if not isinstance(m.count, jax.core.Tracer):
         n = min(n, int(m.count))
-    weights = LossWeights() if weights is None else LossWeights(*weights)
+    weights = LossWeights(*check_loss_weights(weights))
     dtype = m.zz.dtype
     terms = (
         _alignment_from_moments(m, w_all, sizes, names, A),

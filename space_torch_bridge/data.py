@@ -40,7 +40,7 @@ def _pool(chunks: torch.Tensor, n_bins: int, mode: str, name: str, label: str) -
         names=(name,),
         label=label,
         op_name="pool",
-        static={"n_bins": n_bins, "mode": mode},
+        static={"n_bins": n_bins, "mode": mode, "name": name},
         output="T",
     )
 

@@ -116,7 +116,6 @@ def reference() -> dict:
         "moments": m,
         "from_moments": solve_from_moments(m),
         "k_per_q": sj.k_per_q(Y, 0.9),
-        "solve_dims": sj.solve_dims(Y, 4, 0.9, 0.9),
         "nnx_loss": nnx_loss,
         "nnx_params": nnx_params,
     }
@@ -170,7 +169,6 @@ def run(kind: str) -> tuple[dict, dict]:
     out |= flat(sj.stream_moments(local, sharding=batch), "stream")
     stamp(f"{kind}: sizing")
     seen["k_per_q"] = sj.k_per_q(Ys, 0.9)
-    seen["solve_dims"] = {q: list(v) for q, v in sj.solve_dims(Ys, 4, 0.9, 0.9).items()}
 
     stamp(f"{kind}: nnx step")
     nnx_loss, nnx_params = nnx_train(

@@ -136,7 +136,7 @@ def test_neighbour_benchmarks_are_called_and_reported(monkeypatch):
 
 
 def test_separate_processes_take_turns_and_report_like_one_process():
-    impls = ["spacelearn", "space_jax", "bound_numpy", "bound_xla"]
+    impls = ["space_jax", "bound_numpy", "bound_xla"]  # two workers: space_jax, the bounds
     timings = solo.time_processes(
         "tiny", "combined_loss fwd+bwd", impls, rounds=2, pause_s=0.0, block_s=0.0
     )

@@ -37,7 +37,7 @@ SCALES = [1e-30, 1e-20, 1e-8, 1.0, 1.0, 1e8, 1e20, 1e30]
 SPECIALS = [None, None, None, np.nan, np.inf, -np.inf]
 DTYPES = ["float32", "float32", "float32", "float16", "bfloat16", "float64", "int32", "bool"]
 FUZZ = settings(
-    max_examples=12,
+    max_examples=10,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -158,7 +158,7 @@ def test_pool(B, shape, data, mode):
 
 
 @given(B=BATCH, shape=TARGET_SHAPES, data=st.data())
-@settings(FUZZ, max_examples=8)
+@settings(FUZZ, max_examples=6)
 def test_solvers_and_losses(B, shape, data):
     z, y = data.draw(cases((B, 3))), data.draw(cases((B, *shape)))
     finite = z.finite and y.finite
@@ -282,7 +282,7 @@ def test_shared_space_and_its_file(checkpoint, B, data, corrupt):
 
 
 @given(B=BATCH, shape=TARGET_SHAPES, data=st.data())
-@FUZZ
+@settings(FUZZ, max_examples=8)
 def test_bridge(B, shape, data):
     z, y = data.draw(cases((B, 3))), data.draw(cases((B, *shape)))
     finite = z.finite and y.finite
