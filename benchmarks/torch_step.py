@@ -1,6 +1,7 @@
 """A whole PyTorch training step with SPACE: spacelearn 0.1.0 against space_torch_bridge.
 
-    python -m benchmarks.torch_step [--sizes small,main] [--steps 30] [--processes 2]
+    python -m benchmarks.torch_step [--sizes small,main] [--steps 15] [--processes 2]
+        [--variants default,OMP_WAIT_POLICY=PASSIVE] [--env KEY=VALUE ...]
 
 The step is what a PyTorch user runs: an MLP autoencoder (``main``: B=4096, 512 -> 1024 -> D=256
 and back; ``small``: B=512, 128 -> 256 -> D=64 and back), Adam, the reconstruction MSE, plus
@@ -12,7 +13,11 @@ Method: each library runs in its own process (``--processes`` per library, alter
 spacelearn, bridge, spacelearn, ...), so neither inherits the other's spinning thread pools;
 within a process steps with and without the loss alternate after a warm-up, and each figure is
 the median over steps, then the median over that library's processes. Torch runs with its
-default threads (2 on the reference machine).
+default threads (2 on the reference machine). Each library is measured in two process
+environments: the default, and ``OMP_WAIT_POLICY=PASSIVE`` (torch's OpenMP workers sleep instead
+of spin-waiting after each parallel region; see the README's PyTorch section). The step is also
+split into its phases (forward, the SPACE call, backward, Adam), to show where the time goes.
+``make bench`` runs it through ``benchmarks.run`` (as an extra, ``run(size)`` per size).
 """
 
 from __future__ import annotations

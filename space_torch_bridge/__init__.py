@@ -2,8 +2,16 @@
 
 Replace ``import spacelearn`` with ``import space_torch_bridge as spacelearn``: the same module
 paths, names, signatures, defaults, return types and shapes; torch tensors in and out, shared
-with JAX through DLPack; torch autograd through the losses. Importing the bridge changes no JAX
+with JAX through DLPack; torch autograd through the losses. Every function that returns tensors
+is a torch custom op (``torch.ops.space_torch_bridge.*``), so ``torch.compile`` traces training
+steps that call it, ``fullgraph=True`` included. Importing the bridge changes no JAX or torch
 configuration (float64 inputs enable x64 only around their own computation).
+
+Two process-level facts (README, "PyTorch"): DataLoader workers that call the bridge need the
+``spawn`` (or ``forkserver``) start method, since JAX cannot run in a process forked after it
+started (the bridge raises instead of hanging); and on few cores ``OMP_WAIT_POLICY=PASSIVE``,
+set before torch is imported, stops torch's OpenMP workers from spin-waiting on the cores the
+bridge's XLA call needs.
 """
 
 import logging
