@@ -91,7 +91,10 @@ def test_from_reference_is_refreshed():
     reg = SpaceRegularizer.from_reference(Z, Y, k=K)
     assert int(reg.refreshes[...]) == 1
     want = sj.solve_subspaces(Z, Y, k=K)
-    np.testing.assert_allclose(reg.loss(Z, Y), sj.combined_loss(Z, want.W, want.A, Y, want.W))
+    # float32, jitted refresh against eager solve: equal up to rounding (one ulp seen).
+    np.testing.assert_allclose(
+        reg.loss(Z, Y), sj.combined_loss(Z, want.W, want.A, Y, want.W), rtol=1e-5
+    )
 
 
 def test_refresh_with_active_k_pads_with_zero_rows():
