@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax.custom_batching import custom_vmap
 
+from space_jax._lapack_threads import ensure_lapack_threads
+
 __all__ = ["eigh", "lu_factor", "lu_solve", "solve_triangular", "svd"]
 
 
@@ -57,6 +59,7 @@ def _half_in_float32(fn: Callable) -> Callable:
 
 def _batch_safe(fn: Callable) -> Callable:
     """``fn`` (unbatched, array arguments only) with the batching rule described above."""
+    ensure_lapack_threads()  # the first decomposition built sets LAPACK to one thread
     fn = _half_in_float32(fn)
     f = custom_vmap(fn)
 

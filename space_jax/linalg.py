@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from ._checks import as_float
 from ._decompositions import eigh, eigvalsh, lstsq, pinv, qr, solve, svd
+from ._lapack_threads import limit_lapack_threads
 from ._spmd import batch_contract
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "full",
     "gram",
     "left",
+    "limit_lapack_threads",
     "lstsq",
     "pinv",
     "qr",
