@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-extras",
         action="store_true",
-        help="skip benchmarks.shared_space, .sweep, .breakdown, .torch_step and "
+        help="skip benchmarks.shared_space, .sweep, .breakdown, .torch_step, .spin and "
         "benchmarks.streaming",
     )
     p.add_argument(
@@ -189,6 +189,9 @@ def _extras(sizes, quick: bool, log) -> dict:
     # The all-reduce across 2 processes x 2 CPU devices, at the main size (README, "Several hosts").
     if not quick and any(s.name == "main" for s in sizes):
         out["multihost"] = _call_extra("multihost", {"main": ((), {})}, log)
+    # CPU time thread pools burn after a call (README: LAPACK's threads, torch's OpenMP workers).
+    if not quick:
+        out["spin"] = _call_extra("spin", {"after one call": ((), {})}, log)
     return out
 
 

@@ -88,13 +88,30 @@ def eigh(a: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
     return _batched(_eigh1, a.ndim - 2)(a)
 
 
+@jax.custom_jvp
+def _eigvalsh1(a: jax.Array) -> jax.Array:
+    return _lapack.eigvalsh(a)
+
+
+@_eigvalsh1.defjvp
+def _eigvalsh1_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    w, v = _eigh1(a)  # the derivative needs the eigenvectors: d w_i = v_i^H da v_i
+    return w, jnp.real(jnp.sum(jnp.conj(v) * _mm(da, v), axis=-2)).astype(w.dtype)
+
+
 @jax.jit
 def eigvalsh(a: jax.typing.ArrayLike) -> jax.Array:
     """Eigenvalues (ascending) of symmetric matrices ``(..., n, n)``: ``(..., n)``.
 
-    ``jnp.linalg.eigvalsh``, batch-safe under ``vmap``.
+    ``jnp.linalg.eigvalsh`` (the input symmetrised), batch-safe under ``vmap``. On CPU the
+    eigenvectors are not computed (LAPACK's ``jobz='N'``); its derivatives compute them.
     """
-    return eigh(a)[0]
+    a = _float(a, "a")
+    if a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"a: expected square matrices (..., n, n), got shape {a.shape}")
+    a = (a + _h(a)) / 2
+    return _batched(_eigvalsh1, a.ndim - 2)(a)
 
 
 # --- svd -----------------------------------------------------------------------------------

@@ -32,11 +32,17 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import numpy as np
 from jax.custom_batching import custom_vmap
+
+try:  # the CPU LAPACK targets' names (jax's own lowering uses the same module)
+    from jaxlib import lapack as _jaxlib_lapack
+except ImportError:  # pragma: no cover - a jaxlib without it: eigenvalues through eigh
+    _jaxlib_lapack = None
 
 from space_jax._lapack_threads import ensure_lapack_threads
 
-__all__ = ["eigh", "lu_factor", "lu_solve", "solve_triangular", "svd"]
+__all__ = ["eigh", "eigvalsh", "lu_factor", "lu_solve", "solve_triangular", "svd"]
 
 
 def _half_in_float32(fn: Callable) -> Callable:
@@ -100,6 +106,50 @@ def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(w, v)``, ascending eigenvalues and eigenvectors of a symmetric ``(n, n)`` matrix
     (not symmetrised here)."""
     return _eigh_fn()(a)
+
+
+def _eigvalsh_cpu(a: jax.Array) -> jax.Array:
+    """LAPACK's ``?syevd`` / ``?heevd`` without eigenvectors (``jobz='N'``): the tridiagonal
+    reduction and its eigenvalues only, a fraction of the full decomposition's cost. jaxlib's
+    ``eigh`` always asks for the vectors, so the FFI target is called here directly. The
+    matrix goes in row-major, which LAPACK reads as its transpose: for a symmetric (Hermitian)
+    input that is the same matrix (the conjugate), with the same eigenvalues."""
+    n = a.shape[-1]
+    kind = "he" if jnp.iscomplexobj(a) else "sy"
+    target = _jaxlib_lapack.prepare_lapack_call(f"{kind}evd_ffi", np.dtype(a.dtype))
+    real = jnp.finfo(a.dtype).dtype
+    call = jax.ffi.ffi_call(
+        target,
+        (
+            jax.ShapeDtypeStruct(a.shape, a.dtype),
+            jax.ShapeDtypeStruct((n,), real),
+            jax.ShapeDtypeStruct((), jnp.int32),
+        ),
+        input_output_aliases={0: 0},
+        vmap_method="sequential",
+    )
+    _, w, info = call(a, mode=np.uint8(ord("N")), uplo=np.uint8(ord("L")))
+    return jnp.where(info == 0, w, jnp.nan)  # as jaxlib's eigh reports a failure
+
+
+@functools.cache
+def _eigvalsh_fn() -> Callable:
+    def fn(a):
+        if a.shape[-1] == 0 or _jaxlib_lapack is None:
+            return jax.lax.linalg.eigh(a, symmetrize_input=False)[1]
+        return jax.lax.platform_dependent(
+            a,
+            cpu=_eigvalsh_cpu,
+            default=lambda a: jax.lax.linalg.eigh(a, symmetrize_input=False)[1],
+        )
+
+    return _batch_safe(fn)
+
+
+def eigvalsh(a: jax.Array) -> jax.Array:
+    """Ascending eigenvalues of a symmetric ``(n, n)`` matrix (not symmetrised here); on CPU
+    without computing eigenvectors."""
+    return _eigvalsh_fn()(a)
 
 
 @functools.cache

@@ -264,7 +264,7 @@ def symmetric_eigvals(m: jax.Array) -> jax.Array:
     eigenvalues repeat (a projected Gram matrix always has a repeated zero eigenvalue, where the
     automatic derivative of ``eigh`` divides by zero).
     """
-    return _sym_eigh(m)[0]
+    return eigvalsh(m)[::-1]  # without differentiation, no eigenvectors
 
 
 def _sym_eigh(m):
@@ -305,15 +305,25 @@ def residual_gram_eigvals(x: jax.Array, w: jax.Array, n: int) -> jax.Array:
     Returns:
       ``(n,)`` eigenvalues, descending.
     """
-    return _residual_gram_eigh(x, w, n)[0]
+    return _residual_gram_eigvals_only(x, w, n)
 
 
-def _residual_gram_eigh(x, w, n):
+def _residual_gram(x, w):
+    """``(P G P, G)`` for ``G = x.T @ x`` and ``P = I - w.T @ w``."""
     g = batch_contract(x, x)
     gw = g @ w.T  # (D, K)
     gww = gw @ w  # G P_W, with P_W = w.T @ w
     # P G P expanded so that only (D, K) products appear besides G itself.
-    m = g - gww - gww.T + w.T @ ((w @ gw) @ w)
+    return g - gww - gww.T + w.T @ ((w @ gw) @ w), g
+
+
+def _residual_gram_eigvals_only(x, w, n):
+    """:func:`residual_gram_eigvals` without its derivative rule: no eigenvectors computed."""
+    return eigvalsh(_residual_gram(x, w)[0])[::-1][:n]
+
+
+def _residual_gram_eigh(x, w, n):
+    m, g = _residual_gram(x, w)
     lam, v = _sym_eigh(m)
     return lam[:n], v[:, :n], g
 

@@ -52,7 +52,12 @@ from ._checks import (
     flatten_target,
 )
 from ._spmd import batch_contract, batch_max, batch_mean
-from .linalg import _residual_gram_eigh, _residual_gram_vjp_parts, gram
+from .linalg import (
+    _residual_gram_eigh,
+    _residual_gram_eigvals_only,
+    _residual_gram_vjp_parts,
+    gram,
+)
 
 __all__ = [
     "LossWeights",
@@ -215,7 +220,11 @@ def _batch_statistics(
     ``L = [dS, 2 (Zs U) diag(c)]``, where the automatic derivative takes two ``B x D`` products,
     their sum and a ``B x D`` centering pass.
     """
-    return _batch_statistics_fwd(z, w_all, n, with_coords)[0]
+    # Undifferentiated: the eigenvalues alone (no eigenvectors, which only the derivative uses).
+    zs, scale = _scaled_center(z)
+    lam = _residual_gram_eigvals_only(zs, w_all, n)
+    coords = zs @ w_all.T if with_coords else zs[:, :0]
+    return coords, lam, scale
 
 
 def _batch_statistics_fwd(z, w_all, n, with_coords):

@@ -5,7 +5,10 @@ paths, names, signatures, defaults, return types and shapes; torch tensors in an
 with JAX through DLPack; torch autograd through the losses. Every function that returns tensors
 is a torch custom op (``torch.ops.space_torch_bridge.*``), so ``torch.compile`` traces training
 steps that call it, ``fullgraph=True`` included. Importing the bridge changes no JAX or torch
-configuration (float64 inputs enable x64 only around their own computation).
+configuration (float64 inputs enable x64 only around their own computation). The one
+process-wide setting ``space_jax`` makes, on its first decomposition, is one thread for SciPy's
+LAPACK, whose spinning workers would otherwise slow torch's next steps
+(``SPACE_JAX_LAPACK_THREADS``, see :mod:`space_jax._lapack_threads`).
 
 Two process-level facts (README, "PyTorch"): DataLoader workers that call the bridge need the
 ``spawn`` (or ``forkserver``) start method, since JAX cannot run in a process forked after it

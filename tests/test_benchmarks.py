@@ -186,3 +186,17 @@ def test_time_blocks_ratios_and_peak_memory():
     assert fastest["samples"] == [0.5, 1.0, 1.0]
     grown = harness.peak_rss_increase(lambda: bytearray(64 * 2**20))
     assert grown is None or grown >= 32 * 2**20
+
+
+def test_spin_measures_each_case_and_leaves_lapack_at_one_thread():
+    import threadpoolctl
+
+    from benchmarks import spin
+
+    assert spin.burnt_ms(lambda: None, window=0.01, repeats=1) >= 0.0
+    res = spin.run(window=0.02, repeats=1)
+    cases = [k for k in res if k.endswith(" ms")]
+    assert {"idle ms", "XLA product ms", "eigh, LAPACK at 1 thread(s) ms"} <= set(cases)
+    assert all(res[k] is None or res[k] >= 0.0 for k in cases)
+    scipys = [i for i in threadpoolctl.threadpool_info() if "scipy.libs" in i["filepath"]]
+    assert scipys and all(i["num_threads"] == 1 for i in scipys)

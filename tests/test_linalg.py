@@ -398,7 +398,11 @@ def test_gpu_lowering_keeps_the_batched_solvers():
             .as_text()
         )
 
-    for fn, kernel in ((sj.linalg.eigh, "cusolver_syevd"), (sj.linalg.svd, "cusolver_gesvd")):
+    for fn, kernel in (
+        (sj.linalg.eigh, "cusolver_syevd"),
+        (sj.linalg.eigvalsh, "cusolver_syevd"),
+        (sj.linalg.svd, "cusolver_gesvd"),
+    ):
         cuda, cpu = lowered(fn, "cuda"), lowered(fn, "cpu")
         calls = re.findall(r"custom_call @(\w+)\([^)]*\)[^\n]*?:\s*\(tensor<([^>]*)>", cuda)
         assert any(kernel in name and shape.startswith("4x6x6") for name, shape in calls), calls
@@ -411,6 +415,7 @@ def test_empty_matrices_match_jax_numpy():
     pairs = [
         (L.eigh(e((0, 0))), jnp.linalg.eigh(e((0, 0)))),
         (L.eigh(e((0, 3, 3))), jnp.linalg.eigh(e((0, 3, 3)))),
+        (L.eigvalsh(e((0, 0))), jnp.linalg.eigvalsh(e((0, 0)))),
         (L.pinv(e((0, 3))), jnp.linalg.pinv(e((0, 3)))),
         (L.lstsq(e((0, 2)), e(0)), jnp.linalg.lstsq(e((0, 2)), e(0))[0]),
         (L.svd(e((0, 3)), compute_uv=False), jnp.linalg.svd(e((0, 3)), compute_uv=False)),
@@ -420,3 +425,37 @@ def test_empty_matrices_match_jax_numpy():
         for g, w in zip(leaves(got), leaves(want), strict=True):
             assert g.shape == w.shape
             np.testing.assert_array_equal(g, w)
+
+
+def _syevd_modes(fn, *args) -> list[str]:
+    """LAPACK's ``jobz`` of every ``?syevd`` call in ``fn``'s CPU program: "N" or "V"."""
+    text = jax.jit(fn).lower(*args).as_text()
+    calls = re.findall(r"custom_call @lapack_\wsyevd_ffi\([^\n]*?mode = (\d+) : ui8", text)
+    return [chr(int(m)) for m in calls]
+
+
+def test_eigenvalues_alone_compute_no_eigenvectors_on_cpu():
+    """``eigvalsh``, ``symmetric_eigvals`` and the undifferentiated isotropy statistics ask
+    LAPACK for eigenvalues only (``jobz='N'``, a fraction of the cost); their derivatives
+    still get the eigenvectors, and the values agree with the full decomposition's."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(12, 12)).astype(np.float32)
+    a = jnp.asarray(a @ a.T)
+    z = jnp.asarray(rng.normal(size=(40, 12)).astype(np.float32))
+    w = jnp.asarray(np.linalg.qr(rng.normal(size=(12, 3)))[0].T.astype(np.float32))
+    L = sj.linalg
+    assert _syevd_modes(L.eigvalsh, a) == ["N"]
+    assert _syevd_modes(L.symmetric_eigvals, a) == ["N"]
+    assert _syevd_modes(lambda z: L.residual_gram_eigvals(z, w, 4), z) == ["N"]
+    assert _syevd_modes(lambda z: sj.isotropy_loss(z, {"a": w}, n_dir=4), z) == ["N"]
+    assert _syevd_modes(jax.grad(lambda a: jnp.sum(L.eigvalsh(a) ** 2)), a) == ["V"]
+    assert "N" not in _syevd_modes(jax.grad(lambda z: sj.isotropy_loss(z, {"a": w}, n_dir=4)), z)
+    np.testing.assert_allclose(L.eigvalsh(a), L.eigh(a)[0], rtol=1e-5, atol=1e-4)
+    exact = np.linalg.eigvalsh(_pgp(z, w))[::-1][:4]  # float64
+    np.testing.assert_allclose(L.residual_gram_eigvals(z, w, 4), exact, rtol=1e-4)
+
+
+def _pgp(z, w):
+    p = np.eye(z.shape[1]) - np.asarray(w, np.float64).T @ np.asarray(w, np.float64)
+    g = np.asarray(z, np.float64).T @ np.asarray(z, np.float64)
+    return p @ g @ p
