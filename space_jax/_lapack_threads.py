@@ -2,11 +2,12 @@
 
 jaxlib's CPU eigensolvers, SVDs and factorisations call the LAPACK that SciPy ships (for PyPI
 wheels, an OpenBLAS built with its own pthreads pool). After every call, OpenBLAS's worker
-threads busy-wait for the next one, for up to 2**28 cycles: measured on 2 cores, a 256 x 256
-``eigh`` is followed by about 80 ms of a core burnt by a spinning worker, which slows whatever
-runs next (the rest of the XLA program, the next training step, torch's backward pass) by up to
-2x. The matrices the library decomposes (D x D, m x m) gain little from a second LAPACK thread,
-so the first time :mod:`space_jax` builds a decomposition it sets that library to one thread.
+threads busy-wait for the next one, for up to 2**28 cycles: measured on 2 cores
+(``python -m benchmarks.spin``), a 256 x 256 ``eigh`` is followed by 80-140 ms of CPU time burnt
+by a spinning worker within 200 ms, taken from whatever runs next (the rest of the XLA program,
+the next training step, torch's backward pass). The matrices the library decomposes (D x D,
+m x m) gain little from a second LAPACK thread, so the first time :mod:`space_jax` builds a
+decomposition it sets that library to one thread.
 
 * ``SPACE_JAX_LAPACK_THREADS=n`` in the environment chooses ``n`` threads instead; ``0`` leaves
   the library as it is.
