@@ -181,8 +181,11 @@ def _key(seed: torch.Tensor | None):
     return None if seed is None else jax.random.key(int(seed))
 
 
-def _to_jax(spec: _spec.Spec, leaves: Sequence[torch.Tensor]) -> list[jax.Array]:
-    return [_convert.to_jax(t, name=n) for t, n in zip(leaves, spec.leaf_names, strict=True)]
+def _to_jax(spec: _spec.Spec, leaves: Sequence[torch.Tensor]) -> list:
+    """The leaves as arguments of the jitted call (small CPU ones as NumPy views)."""
+    return [
+        _convert.to_jax_argument(t, name=n) for t, n in zip(leaves, spec.leaf_names, strict=True)
+    ]
 
 
 def _check_finite(spec: _spec.Spec, flags: jax.Array) -> None:
@@ -284,7 +287,7 @@ def _vjp_impl(leaves, seed, cotangents, spec_text, grad_mask):
     with _convert.precision_scope(*leaves, *cotangents):
         arrays = _to_jax(spec, leaves)
         cts = [
-            _convert.to_jax(g, name=f"gradient of {spec.label} output {i}")
+            _convert.to_jax_argument(g, name=f"gradient of {spec.label} output {i}")
             for i, g in enumerate(cotangents)
         ]
         grads = _vjp_fn(spec_text, grad_mask)(arrays, _key(seed), cts)
@@ -378,6 +381,74 @@ def _function_backward(ctx, grad_outputs):
     inputs = [t for t, m in zip(leaves, ctx.grad_mask, strict=True) if m]
     grads = iter(_refuse_second_order(spec.label, list(grads), inputs))
     return [next(grads) if m else None for m in ctx.grad_mask], None, None, None
+
+
+# --- eager calls: the same implementations, without torch's dispatcher ------------------------
+
+
+class _EagerLoss(torch.autograd.Function):
+    """A loss op's eager twin: :func:`_loss_impl` and :func:`_loss_backward` called directly.
+
+    Going through ``torch.ops`` costs about 1 ms per call in eager mode (the dispatcher, the
+    custom op's pytree flattening of arguments and gradients, its autograd wrapper); plain
+    tensors outside any compilation, tracing, dispatch mode or functorch transform take this
+    path instead, and everything else the op (:func:`_eager`).
+    """
+
+    @staticmethod
+    def forward(ctx, spec_text, grad_mask, seed, *leaves):
+        inputs = (list(leaves), seed, spec_text, grad_mask)
+        output = _loss_impl(*inputs)
+        _loss_setup(ctx, inputs, output)
+        return output[0]
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grads = _loss_backward(ctx, (grad_output,))[0]
+        return (None, None, None, *grads)
+
+
+class _EagerFunction(torch.autograd.Function):
+    """A function op's eager twin (:class:`_EagerLoss`); its backward runs the ``_vjp`` op."""
+
+    @staticmethod
+    def forward(ctx, spec_text, grad_mask, seed, *leaves):
+        inputs = (list(leaves), seed, spec_text, grad_mask)
+        output = _function_impl(*inputs)
+        _function_setup(ctx, inputs, output)
+        return tuple(output)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        grads = _function_backward(ctx, grad_outputs)[0]
+        return (None, None, None, *grads)
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager(leaves: Sequence[torch.Tensor]) -> bool:
+    """Whether a call may skip the op: plain tensors, nothing tracing or transforming it."""
+    return (
+        not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and _current_dispatch_mode() is None
+        and not torch._C._are_functorch_transforms_active()
+        and all(type(t) in _PLAIN_TENSORS for t in leaves)
+    )
+
+
+def _run(op_name: str, kind: str, leaves, seed, spec_text: str, grad_mask: list) -> list:
+    """The op's outputs for these inputs, eagerly where :func:`_eager` allows."""
+    if not _eager(leaves):
+        return _OPS[(op_name, kind)](leaves, seed, spec_text, grad_mask)
+    mask = tuple(grad_mask)
+    if not any(mask):  # nothing to differentiate: no autograd node at all
+        impl = _loss_impl if kind == "loss" else _function_impl
+        return impl(leaves, seed, spec_text, mask)
+    if kind == "loss":
+        return [_EagerLoss.apply(spec_text, mask, seed, *leaves)]
+    return list(_EagerFunction.apply(spec_text, mask, seed, *leaves))
 
 
 # --- the custom ops --------------------------------------------------------------------------
@@ -491,8 +562,8 @@ def call(
     if not differentiable:
         leaves = [t.detach() for t in leaves]
     if loss:
-        return _OPS[(op_name, "loss")](leaves, seed, spec_text, grad_mask)[0]
-    outs = _OPS[(op_name, "function")](leaves, seed, spec_text, grad_mask)
+        return _run(op_name, "loss", leaves, seed, spec_text, grad_mask)[0]
+    outs = _run(op_name, "function", leaves, seed, spec_text, grad_mask)
     structure = output if output is not None else _learned_outputs[spec_text]
     return _spec.unflatten(structure, iter(outs))
 

@@ -23,6 +23,12 @@ float16 / bfloat16                        one copy into float32 (the bridge comp
                                           float32 and casts results back)
 ========================================  ==============================================
 
+Inside the bridge's ops, :func:`to_jax_argument` hands a small CPU tensor (under
+``COPY_BELOW`` bytes: bases, decoders, scalars) to the jitted call as a NumPy view instead, which
+``jax.jit`` copies as it dispatches (5 us against DLPack's 30 us of bookkeeping per tensor), and
+:func:`to_torch` returns small CPU results as copies through NumPy for the same reason. Large
+tensors always cross by DLPack, without a copy.
+
 float64 needs JAX's x64 mode, which JAX otherwise answers by silently truncating to float32. The
 bridge never turns x64 on globally: :func:`precision_scope` enables it, thread-locally, around
 the conversion and the computation only, and :func:`to_jax` refuses float64 outside such a
@@ -39,15 +45,18 @@ from typing import Any
 import jax
 import jax.dlpack
 import jax.numpy as jnp
+import numpy as np
 import torch
 
 __all__ = [
+    "COPY_BELOW",
     "compute_dtype",
     "jax_dtype",
     "precision_scope",
     "result_dtype",
     "shareable",
     "to_jax",
+    "to_jax_argument",
     "to_torch",
     "tree_to_jax",
     "tree_to_torch",
@@ -56,6 +65,10 @@ __all__ = [
 # XLA's CPU client shares host buffers only when they are aligned to this many bytes (it copies
 # misaligned ones on its own); the bridge makes the one copy itself so every platform behaves alike.
 _XLA_ALIGNMENT = 64
+
+# CPU tensors and results smaller than this cross by a copy through NumPy: copying a few hundred
+# KiB costs less than DLPack's fixed cost per tensor (about 30 us in and 25 us out on a CPU).
+COPY_BELOW = 1 << 18
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 # Dtypes JAX silently narrows to 32 bits unless x64 mode is on.
@@ -121,7 +134,7 @@ def _copy_reason(t: torch.Tensor) -> str | None:
         return "pinned memory"
     if t.numel() == 0:
         return None
-    if not _is_compact(t):
+    if not (t.is_contiguous() or _is_compact(t)):
         return "non-compact strides"
     if t.data_ptr() % _XLA_ALIGNMENT:
         return f"data pointer not {_XLA_ALIGNMENT}-byte aligned"
@@ -208,6 +221,22 @@ def _from_dlpack(t: torch.Tensor) -> jax.Array:
     return jax.dlpack.from_dlpack(t)
 
 
+def _prepared(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Checks what JAX cannot take (or would silently narrow) and makes ``tensor`` shareable."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    _check_device(tensor, name)
+    if tensor.dtype in _X64_DTYPES and not jax.config.read("jax_enable_x64"):
+        raise RuntimeError(
+            f"{name}: {tensor.dtype} tensors must be converted inside "
+            "space_torch_bridge._convert.precision_scope(...); outside x64 mode JAX would "
+            "silently narrow them to 32 bits"
+        )
+    if tensor.is_complex():
+        raise TypeError(f"{name}: complex tensors are not supported, got {tensor.dtype}")
+    return shareable(tensor)
+
+
 def to_jax(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array:
     """Shares a torch tensor with JAX through DLPack (one copy only when unavoidable).
 
@@ -221,18 +250,22 @@ def to_jax(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array:
       bfloat16, which arrive as float32. float64 must be converted inside
       :func:`precision_scope` (or with x64 already enabled).
     """
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
-    _check_device(tensor, name)
-    if tensor.dtype in _X64_DTYPES and not jax.config.read("jax_enable_x64"):
-        raise RuntimeError(
-            f"{name}: {tensor.dtype} tensors must be converted inside "
-            "space_torch_bridge._convert.precision_scope(...); outside x64 mode JAX would "
-            "silently narrow them to 32 bits"
-        )
-    if tensor.is_complex():
-        raise TypeError(f"{name}: complex tensors are not supported, got {tensor.dtype}")
-    t = shareable(tensor)
+    t = _prepared(tensor, name)
+    array = _from_dlpack(t)
+    if array.dtype != jax_dtype(t.dtype):
+        raise RuntimeError(f"{name}: DLPack gave {array.dtype} for a {t.dtype} tensor")
+    return array
+
+
+def to_jax_argument(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array | np.ndarray:
+    """``tensor`` as an argument of a jitted call: :func:`to_jax`, except that a CPU tensor
+    under :data:`COPY_BELOW` bytes becomes a NumPy view of its (shareable) data, which
+    ``jax.jit`` copies into an XLA buffer as it dispatches. Same checks, dtypes and errors as
+    :func:`to_jax`; only valid as a direct argument of a jitted function called at once.
+    """
+    t = _prepared(tensor, name)
+    if t.device.type == "cpu" and t.numel() * t.element_size() < COPY_BELOW and _cpu_default():
+        return t.numpy()
     array = _from_dlpack(t)
     if array.dtype != jax_dtype(t.dtype):
         raise RuntimeError(f"{name}: DLPack gave {array.dtype} for a {t.dtype} tensor")
@@ -245,18 +278,43 @@ def jax_dtype(dtype: torch.dtype) -> jnp.dtype:
 
 
 def to_torch(array: jax.Array, like: torch.Tensor) -> torch.Tensor:
-    """Shares a JAX array with torch through DLPack, on ``like``'s device with ``like``'s dtype.
+    """A JAX array as a torch tensor on ``like``'s device, with ``like``'s floating dtype.
 
-    The torch tensor aliases the JAX buffer (no copy) unless a cast back to ``like``'s floating
-    dtype (float16/bfloat16 inputs) or a device move is needed. Non-floating arrays keep their
-    dtype.
+    The tensor aliases the JAX buffer through DLPack (no copy), except for a result under
+    :data:`COPY_BELOW` bytes bound for the CPU, which is copied through NumPy (cheaper than
+    DLPack's bookkeeping), and where a cast back to ``like``'s floating dtype (float16/bfloat16
+    inputs) or a device move is needed. Non-floating arrays keep their dtype.
     """
-    t = torch.from_dlpack(array)
+    if (
+        like.device.type == "cpu"
+        and array.nbytes < COPY_BELOW
+        and array.dtype.kind in "biuf"  # NumPy and torch agree on these (not bfloat16)
+        and _on_cpu(array)
+    ):
+        t = torch.from_numpy(np.array(array))
+    else:
+        t = torch.from_dlpack(array)
     if t.device != like.device:
         t = t.to(like.device)
     if t.is_floating_point() and like.is_floating_point() and t.dtype != like.dtype:
         t = t.to(like.dtype)
     return t
+
+
+def _cpu_default() -> bool:
+    """Whether jit places an uncommitted (NumPy) argument on the CPU, as the other inputs of a
+    CPU call: so a call of only small tensors never moves to a GPU that JAX also has."""
+    return jax.config.jax_default_device is None and _default_backend() == "cpu"
+
+
+@functools.cache
+def _default_backend() -> str:
+    return jax.default_backend()
+
+
+def _on_cpu(array: jax.Array) -> bool:
+    devices = array.devices()
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
 
 
 def _map(tree: Any, fn: Callable[[Any, str], Any], path: str = "") -> Any:

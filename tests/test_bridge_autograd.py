@@ -212,3 +212,20 @@ def test_x64_is_scoped_to_the_call():
     assert loss.dtype == torch.float64 and Z.grad.dtype == torch.float64
     assert jax.config.jax_enable_x64 is False
     assert jnp.ones(2).dtype == jnp.float32
+
+
+def test_fake_tensors_take_the_op_and_its_shape_only_implementation():
+    """Eager calls skip torch's dispatcher, but a dispatch mode (FakeTensorMode, as export and
+    shape propagation use) still sees the op and its fake implementation: no JAX call."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    Z, W, Y = inputs(torch.float32, grad=())
+    traces = _autograd.trace_count("toy_loss")
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in leaves(Z, W, Y)]
+        fZ, fW = fake[0], {"b": fake[1], "a": fake[2]}
+        fY = {"b": {"scale": fake[3]}, "a": {"scale": fake[4]}}
+        out = bridged_loss(fZ, fW, fY)
+    assert isinstance(out, FakeTensor) and out.shape == () and out.dtype == torch.float32
+    assert _autograd.trace_count("toy_loss") == traces
+    assert not _autograd._eager(fake) and _autograd._eager(leaves(Z, W, Y))

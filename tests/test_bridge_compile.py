@@ -24,10 +24,12 @@ def problem(seed=0):
 
 
 class Recorder:
-    """Wraps the bridge's ops to keep the arguments of their first call each."""
+    """Wraps the bridge's ops to keep the arguments of their first call each (every call goes
+    through its op, as under torch.compile: no eager shortcut)."""
 
     def __init__(self, monkeypatch):
         self.calls = {}
+        monkeypatch.setattr(_autograd, "_eager", lambda leaves: False)
         for key, op in dict(_autograd._OPS).items():
             monkeypatch.setitem(_autograd._OPS, key, self._wrap(key, op))
 
@@ -66,8 +68,9 @@ def exercise_every_op():
     change = optim.subspace_change(W["field"], W["energy"])
     total = total + change["mean_cos_sim"] + change["per_dir_cos"].sum()
     total.backward()
-    bridge.principal_directions(Z, Y)
-    optim.fit_decoders(space.W, Z, Y)
+    directions = bridge.principal_directions(Z, Y)
+    decoders = optim.fit_decoders(space.W, Z, Y)
+    return total.detach(), Z.grad, {q: w.grad for q, w in W.items()}, directions, decoders
 
 
 def _detached(arg):
@@ -94,6 +97,20 @@ def test_every_op_passes_opcheck(monkeypatch):
             args = tuple(_detached(a) for a in args)
         result = torch.library.opcheck(op, args)
         assert set(result.values()) == {"SUCCESS"}, (key, result)
+
+
+def test_eager_calls_skip_the_ops_and_equal_them(monkeypatch):
+    """Eager calls run the ops' implementations without torch's dispatcher: same values and
+    gradients, bit for bit, as through the ops."""
+    eager = exercise_every_op()
+    recorder = Recorder(monkeypatch)
+    through_ops = exercise_every_op()
+    assert len(recorder.calls) > 20  # the second run did go through the ops
+    flat_eager = torch.utils._pytree.tree_leaves(eager)
+    flat_ops = torch.utils._pytree.tree_leaves(through_ops)
+    assert len(flat_eager) == len(flat_ops) == 10  # loss, 3 gradients, 4 directions, 2 decoders
+    for a, b in zip(flat_eager, flat_ops, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def make_model():
