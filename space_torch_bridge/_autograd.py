@@ -198,33 +198,39 @@ def _check_finite(spec: _spec.Spec, flags: jax.Array) -> None:
         )
 
 
-def _fresh(out: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+def _storages(tensors: Sequence[torch.Tensor]) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
+
+
+def _fresh(out: torch.Tensor, storages: set[int]) -> torch.Tensor:
     """``out``, or a copy where it shares memory with an input (a custom op's outputs must not
-    alias its inputs; ``jax.jit`` hands an unchanged input back as its own buffer)."""
-    if out.numel() and any(
-        t.numel() and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
-        for t in inputs
-    ):
+    alias its inputs; ``jax.jit`` hands an unchanged input back as its own buffer).
+    ``storages``: the inputs' storage addresses (:func:`_storages`)."""
+    if out.numel() and out.untyped_storage().data_ptr() in storages:
         return out.clone()
     return out
 
 
 def _outputs_to_torch(arrays, leaves, like: torch.Tensor) -> list[torch.Tensor]:
-    return [_fresh(_convert.to_torch(x, like), leaves) for x in arrays]
+    storages = _storages(leaves)
+    return [_fresh(_convert.to_torch(x, like), storages) for x in arrays]
 
 
 def _grads_to_torch(grads, leaves, grad_mask, others=()) -> list[torch.Tensor]:
     """Gradients of the masked leaves, each in its leaf's dtype."""
     masked = [t for t, m in zip(leaves, grad_mask, strict=True) if m]
-    inputs = [*leaves, *others]
+    storages = _storages([*leaves, *others])
     return [
-        _fresh(_convert.to_torch(g, like=t), inputs) for g, t in zip(grads, masked, strict=True)
+        _fresh(_convert.to_torch(g, like=t), storages) for g, t in zip(grads, masked, strict=True)
     ]
 
 
 def _like(leaves: Sequence[torch.Tensor]) -> torch.Tensor:
-    """An empty tensor with the results' device and dtype."""
-    return torch.empty((), dtype=_convert.result_dtype(leaves), device=leaves[0].device)
+    """A tensor with the results' device and dtype: the first leaf, where it has both."""
+    dtype = _convert.result_dtype(leaves)
+    if leaves[0].dtype == dtype:
+        return leaves[0]
+    return torch.empty((), dtype=dtype, device=leaves[0].device)
 
 
 def _loss_impl(leaves, seed, spec_text, grad_mask):

@@ -88,7 +88,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def result_dtype(tensors) -> torch.dtype:
     """The dtype torch's type promotion gives the floating tensors in ``tensors``."""
-    dtypes = [t.dtype for t in tensors if t.is_floating_point()]
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    if len(dtypes) == 1:
+        return dtypes.pop()
     if not dtypes:
         return torch.get_default_dtype()
     return functools.reduce(torch.promote_types, dtypes)
