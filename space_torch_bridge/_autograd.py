@@ -311,9 +311,12 @@ class _SecondOrderRefused(torch.autograd.Function):
     """Passes first-order gradients on; differentiating them again raises."""
 
     @staticmethod
-    def forward(ctx, label: str, n: int, *tensors):
-        ctx.label = label
+    def forward(label: str, n: int, *tensors):
         return tuple(g.clone() for g in tensors[:n])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # this form also works under torch.func
+        ctx.label = inputs[0]
 
     @staticmethod
     def backward(ctx, *grad_outputs):
@@ -397,19 +400,24 @@ class _EagerLoss(torch.autograd.Function):
 
     Going through ``torch.ops`` costs about 1 ms per call in eager mode (the dispatcher, the
     custom op's pytree flattening of arguments and gradients, its autograd wrapper); plain
-    tensors outside any compilation, tracing, dispatch mode or functorch transform take this
-    path instead, and everything else the op (:func:`_eager`).
+    tensors outside any compilation, tracing or dispatch mode take this path instead, and so do
+    ``torch.func`` transforms (``grad``), which torch's generated custom-op autograd does not
+    support (this form, with ``setup_context``, it does). Outputs: the loss, then the
+    gradients (not differentiable; the wrapper returns the loss alone).
     """
 
     @staticmethod
-    def forward(ctx, spec_text, grad_mask, seed, *leaves):
-        inputs = (list(leaves), seed, spec_text, grad_mask)
-        output = _loss_impl(*inputs)
-        _loss_setup(ctx, inputs, output)
-        return output[0]
+    def forward(spec_text, grad_mask, seed, *leaves):
+        return tuple(_loss_impl(list(leaves), seed, spec_text, grad_mask))
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def setup_context(ctx, inputs, output):
+        spec_text, grad_mask, seed, *leaves = inputs
+        ctx.mark_non_differentiable(*output[1:])
+        _loss_setup(ctx, (leaves, seed, spec_text, grad_mask), output)
+
+    @staticmethod
+    def backward(ctx, grad_output, *unused):
         grads = _loss_backward(ctx, (grad_output,))[0]
         return (None, None, None, *grads)
 
@@ -418,11 +426,13 @@ class _EagerFunction(torch.autograd.Function):
     """A function op's eager twin (:class:`_EagerLoss`); its backward runs the ``_vjp`` op."""
 
     @staticmethod
-    def forward(ctx, spec_text, grad_mask, seed, *leaves):
-        inputs = (list(leaves), seed, spec_text, grad_mask)
-        output = _function_impl(*inputs)
-        _function_setup(ctx, inputs, output)
-        return tuple(output)
+    def forward(spec_text, grad_mask, seed, *leaves):
+        return tuple(_function_impl(list(leaves), seed, spec_text, grad_mask))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        spec_text, grad_mask, seed, *leaves = inputs
+        _function_setup(ctx, (leaves, seed, spec_text, grad_mask), output)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
@@ -434,13 +444,14 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def _eager(leaves: Sequence[torch.Tensor]) -> bool:
-    """Whether a call may skip the op: plain tensors, nothing tracing or transforming it."""
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and _current_dispatch_mode() is None
-        and not torch._C._are_functorch_transforms_active()
-        and all(type(t) in _PLAIN_TENSORS for t in leaves)
+    """Whether a call may skip the op: nothing compiling, tracing or intercepting it, and
+    plain tensors (or ``torch.func``'s wrappers of them, which the twins unwrap)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if _current_dispatch_mode() is not None:
+        return False
+    return torch._C._are_functorch_transforms_active() or all(
+        type(t) in _PLAIN_TENSORS for t in leaves
     )
 
 
@@ -449,11 +460,13 @@ def _run(op_name: str, kind: str, leaves, seed, spec_text: str, grad_mask: list)
     if not _eager(leaves):
         return _OPS[(op_name, kind)](leaves, seed, spec_text, grad_mask)
     mask = tuple(grad_mask)
+    if not any(mask) and torch._C._are_functorch_transforms_active():
+        return _OPS[(op_name, kind)](leaves, seed, spec_text, grad_mask)  # vmap: torch says no
     if not any(mask):  # nothing to differentiate: no autograd node at all
         impl = _loss_impl if kind == "loss" else _function_impl
         return impl(leaves, seed, spec_text, mask)
     if kind == "loss":
-        return [_EagerLoss.apply(spec_text, mask, seed, *leaves)]
+        return [_EagerLoss.apply(spec_text, mask, seed, *leaves)[0]]
     return list(_EagerFunction.apply(spec_text, mask, seed, *leaves))
 
 

@@ -229,3 +229,16 @@ def test_fake_tensors_take_the_op_and_its_shape_only_implementation():
     assert isinstance(out, FakeTensor) and out.shape == () and out.dtype == torch.float32
     assert _autograd.trace_count("toy_loss") == traces
     assert not _autograd._eager(fake) and _autograd._eager(leaves(Z, W, Y))
+
+
+def test_torch_func_grad_equals_backward():
+    """``torch.func.grad`` through a bridge loss (torch's generated custom-op autograd refuses
+    functorch; the bridge's eager path supports it) gives ``.backward()``'s gradient."""
+    Z, W, Y = inputs(grad=())
+    expected = Z.clone().requires_grad_()
+    bridged_loss(expected, W, Y).backward()
+    got = torch.func.grad(lambda z: bridged_loss(z, W, Y))(Z)
+    torch.testing.assert_close(got, expected.grad, rtol=0, atol=0)
+    again, value = torch.func.grad_and_value(lambda z: bridged_loss(z, W, Y))(Z)
+    torch.testing.assert_close(again, expected.grad, rtol=0, atol=0)
+    torch.testing.assert_close(value, bridged_loss(Z, W, Y), rtol=0, atol=0)
