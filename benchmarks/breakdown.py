@@ -3,8 +3,9 @@
     python -m benchmarks.breakdown [--size main|large] [--single-thread]
 
 Each piece is the jitted operation the loss runs (on the same inputs), timed with the protocol
-of :func:`benchmarks.harness.time_blocks`: the centering pass, ``G = Zs.T @ Zs`` through XLA and
-through NumPy (whose ``a.T @ a`` is a symmetric rank-k update, half the arithmetic), the
+of :func:`benchmarks.harness.time_blocks`: the centering pass, ``G = Zs.T @ Zs`` through XLA
+(as one product, and from column halves as the loss forms it: :func:`space_jax._spmd.batch_gram`)
+and through NumPy (whose ``a.T @ a`` is a symmetric rank-k update, half the arithmetic), the
 coordinates ``Zs @ W.T``, the ``D x D`` eigendecomposition, the backward product
 ``B x (K + n_dir) x D``, and the loss forward and forward + backward. ``make bench`` calls it
 for the main and large sizes.
@@ -29,6 +30,7 @@ def run(size: str = "main", rounds: int = 5) -> dict:
 
     import space_jax as sj
     from space_jax import linalg
+    from space_jax._spmd import batch_gram
 
     from .harness import time_blocks
     from .problems import SIZES as PROBLEMS
@@ -56,6 +58,7 @@ def run(size: str = "main", rounds: int = 5) -> dict:
     jits = {
         "center_and_scale": (jax.jit(center), (Z,)),
         "gram_xla": (jax.jit(lambda z: z.T @ z), (zs,)),
+        "gram_blocked_xla": (jax.jit(batch_gram), (zs,)),
         "coords_xla": (jax.jit(lambda z, w: z @ w.T), (zs, w_all)),
         "eigh_DxD": (jax.jit(linalg.eigh), (g,)),
         "backward_product_xla": (jax.jit(lambda a, b: a @ b), (left, right)),

@@ -7,6 +7,7 @@ and replicated. Library code calls these helpers for every batch contraction ins
 
 * on one device, or when nothing is sharded, they are exactly ``a.T @ b``, ``jnp.sum(x, 0)``,
   ``jnp.mean(x, 0)`` and ``x[0]`` (same program, same speed);
+  ``batch_gram`` forms a wide Gram matrix from column halves instead (3/4 of the arithmetic);
 * on a mesh with **Auto** axes they are the same code, and XLA's sharding propagation turns the
   contraction into local products plus one all-reduce;
 * on a mesh with **Explicit** axes (``jax.make_mesh``'s default since JAX 0.9), where the
@@ -29,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 __all__ = [
     "batch_contract",
     "batch_first",
+    "batch_gram",
     "batch_max",
     "batch_mean",
     "batch_sum",
@@ -137,6 +139,29 @@ def batch_contract(a: jax.Array, b: jax.Array) -> jax.Array:
     if squeeze[1]:
         return out[:, 0]
     return out
+
+
+# From this width on, a Gram matrix is formed from column halves (see batch_gram).
+BLOCKED_GRAM_MIN = 256
+
+
+def batch_gram(x: jax.Array) -> jax.Array:
+    """``x.T @ x`` over the batch axis: ``(B, d) -> (d, d)``, replicated, as :func:`batch_contract`.
+
+    XLA has no symmetric rank-k kernel, so a full ``x.T @ x`` computes both triangles. From
+    ``d = BLOCKED_GRAM_MIN`` columns on it is formed from the halves ``x = [a, b]`` as
+    ``[[a.T a, a.T b], [(a.T b).T, b.T b]]``: three products of half width, 3/4 of the
+    arithmetic. On 2 CPU cores it took 0.90x (``d = 256``) and 0.82x (``d = 512``) the time of
+    one product, and the combined loss fwd+bwd 0.92x (main and large sizes, alternating rounds;
+    ``benchmarks.breakdown`` times both forms). The two off-diagonal blocks are exact transposes.
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[1] < BLOCKED_GRAM_MIN:
+        return batch_contract(x, x)
+    h = x.shape[1] // 2
+    a, b = x[:, :h], x[:, h:]
+    ab = batch_contract(a, b)
+    return jnp.block([[batch_contract(a, a), ab], [ab.T, batch_contract(b, b)]])
 
 
 def batch_sum(x: jax.Array, *, keepdims: bool = False) -> jax.Array:

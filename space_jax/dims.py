@@ -25,7 +25,7 @@ from ._checks import (
     check_positive_int,
     check_threshold,
 )
-from ._spmd import batch_contract, batch_first, batch_mean, batch_sum, replicated
+from ._spmd import batch_first, batch_gram, batch_mean, batch_sum, replicated
 from .pooling import _check_mode, pool
 
 __all__ = [
@@ -105,7 +105,7 @@ def explained_rank(y: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     yc = _unit_centered(y)
     eps = _EPS  # relative to the largest deviation: the rank does not depend on units
     if yc.shape[0] >= yc.shape[1]:
-        return _rank_from_gram(batch_contract(yc, yc), threshold, eps)
+        return _rank_from_gram(batch_gram(yc), threshold, eps)
     # (B, B) needs the whole batch on every device; on a mesh, gathering the B x m rows moves
     # fewer numbers than the all-reduce of an (m, m) matrix would, since B < m.
     yc = replicated(yc)
@@ -324,7 +324,7 @@ def _target_grams(ys: tuple) -> tuple:
     out = []
     for y in ys:
         yc = _unit_centered(y)  # the ranks are scale-free: the same spectra as explained_rank
-        out.append(batch_contract(yc, yc))
+        out.append(batch_gram(yc))
     return tuple(out)
 
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from ._checks import as_float
 from ._decompositions import eigh, eigvalsh, lstsq, pinv, qr, solve, svd
 from ._lapack_threads import limit_lapack_threads
-from ._spmd import batch_contract
+from ._spmd import batch_gram
 
 __all__ = [
     "Solver",
@@ -242,11 +242,11 @@ def gram(x: jax.Array) -> jax.Array:
     Its derivative is one ``B x D x D`` product, ``x @ (C + C.T)`` for a cotangent ``C``; the
     automatic derivative of ``x.T @ x`` computes two.
     """
-    return batch_contract(x, x)
+    return batch_gram(x)
 
 
 def _gram_fwd(x):
-    return batch_contract(x, x), x
+    return batch_gram(x), x
 
 
 def _gram_bwd(x, cotangent):
@@ -310,7 +310,7 @@ def residual_gram_eigvals(x: jax.Array, w: jax.Array, n: int) -> jax.Array:
 
 def _residual_gram(x, w):
     """``(P G P, G)`` for ``G = x.T @ x`` and ``P = I - w.T @ w``."""
-    g = batch_contract(x, x)
+    g = batch_gram(x)
     gw = g @ w.T  # (D, K)
     gww = gw @ w  # G P_W, with P_W = w.T @ w
     # P G P expanded so that only (D, K) products appear besides G itself.

@@ -13,8 +13,9 @@ All losses are built on second-order statistics of the centered batch ``Zc`` (``
   smaller eigenproblem saves, 5.9 against 7.1 ms at ``D = 256, K = 64`` and 31 against 32 ms at
   ``D = 512, K = 128``, single-threaded, so the general ``D x D`` route is kept.)
 
-So a call costs one ``B x D x D`` product (``G``), one ``B x D x K`` product (``S``) and one
-eigendecomposition forward, and backward one ``B x D x n_dir`` product and one
+So a call costs one ``B x D x D`` product (``G``; from ``D = 256`` on three half-width
+products, 3/4 of the arithmetic: :func:`space_jax._spmd.batch_gram`), one ``B x D x K`` product
+(``S``) and one eigendecomposition forward, and backward one ``B x D x n_dir`` product and one
 ``B x (K + n_dir) x D`` product: the isotropy gradient needs only the ``n_dir`` leading
 eigenvectors (:func:`space_jax.linalg.residual_gram_eigvals`), and the custom derivative of the
 batch statistics folds it, the coordinates' gradient and the centering into that one product.

@@ -40,7 +40,7 @@ from ._checks import (
     flatten_target,
     half_in_float32,
 )
-from ._spmd import batch_contract, batch_first, batch_mean
+from ._spmd import batch_contract, batch_first, batch_gram, batch_mean
 from .dims import (
     _avg_pool_matrix,
     _thresholds,
@@ -209,7 +209,7 @@ def _moments_of_chunk(Z: jax.Array, targets: tuple, shapes: tuple) -> Moments:
     z_mean, zc = _shifted_center(Z.astype(dtype))
     y_mean, yc = _shifted_center(jnp.concatenate(targets, axis=1).astype(dtype))
     zy = batch_contract(zc, yc)
-    yy = batch_contract(yc, yc)
+    yy = batch_gram(yc)
     y_means = _split(y_mean, sizes, axis=0)
     zys = _split(zy, sizes, axis=1)
     yys = [_split(rows, sizes, axis=1)[i] for i, rows in enumerate(_split(yy, sizes, axis=0))]

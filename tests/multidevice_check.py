@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import problem  # noqa: E402
 
 import space_jax as sj  # noqa: E402
+from space_jax import _spmd  # noqa: E402
 from space_jax.nnx import SpaceRegularizer  # noqa: E402
 
 K = {"energy": 2, "field": 3}
@@ -225,6 +226,14 @@ def check(kind: AxisType, Z, Y, one, ref: dict) -> dict:
     except ValueError as e:
         r["stream_moments_indivisible_error"] = str(e)
 
+    # A Gram matrix wide enough to be formed from column halves (_spmd.batch_gram).
+    wide = np.random.default_rng(5).normal(size=(B, _spmd.BLOCKED_GRAM_MIN)).astype(np.float32)
+    wide_s = jax.device_put(wide, batch)
+    r["batch_gram"] = rel_diff(GRAM(wide_s), wide.T @ wide)
+    r["batch_gram_collectives"] = collectives(GRAM, wide_s)
+    if explicit:
+        r["batch_gram_eager"] = rel_diff(_spmd.batch_gram(wide_s), wide.T @ wide)
+
     # The combined loss and its gradient with respect to the sharded latents.
     space_r = jax.device_put(space1, replicated)
     losss, gs = GRAD(Zs, Ys, space_r)
@@ -255,6 +264,7 @@ def check(kind: AxisType, Z, Y, one, ref: dict) -> dict:
 
 
 SOLVE = jax.jit(lambda Z, Y: sj.solve_subspaces(Z, Y, k=K))
+GRAM = jax.jit(_spmd.batch_gram)
 FIT = jax.jit(sj.fit_decoders)
 SUBSPACES = jax.jit(lambda Z, Y: sj.subspaces(Z, Y, K))
 MOMENTS = jax.jit(sj.moments)

@@ -64,6 +64,13 @@ def test_moments_of_a_sharded_batch_reduce_across_devices(report, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_wide_gram_of_a_sharded_batch_reduces_across_devices(report, kind):
+    r = report[kind]
+    assert r["batch_gram"] < TOL and r.get("batch_gram_eager", 0.0) < TOL
+    assert r["batch_gram_collectives"] == {"all_reduce": True, "all_gather": False}
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_stream_moments_of_sharded_batches(report, kind):
     r = report[kind]
     assert r.get("stream_moments", 0.0) < TOL  # global batches (Explicit only)

@@ -37,6 +37,26 @@ def test_batch_contract_is_a_transpose_product(B, m, n, seed):
     )
 
 
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(1, 9), d=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_batch_gram_is_the_gram_matrix_on_both_sides_of_the_blocking_width(B, d, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, d)).astype(np.float32)
+    np.testing.assert_allclose(_spmd.batch_gram(x), x.T @ x, rtol=1e-5, atol=1e-5)
+    # The same numbers, d columns past the width where column halves are used.
+    wide = np.concatenate([x, np.zeros((B, _spmd.BLOCKED_GRAM_MIN), np.float32)], axis=1)
+    g = np.asarray(jax.jit(_spmd.batch_gram)(wide))
+    np.testing.assert_allclose(g, wide.T @ wide, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(g, g.T)  # the off-diagonal blocks are exact transposes
+
+
+def test_batch_gram_takes_three_half_width_products_from_the_blocking_width_on():
+    narrow = jnp.ones((8, _spmd.BLOCKED_GRAM_MIN - 1))
+    wide = jnp.ones((8, _spmd.BLOCKED_GRAM_MIN))
+    assert _jaxpr(_spmd.batch_gram, narrow) == _jaxpr(lambda x: x.T @ x, narrow)
+    assert _jaxpr(_spmd.batch_gram, wide).count("dot_general") == 3
+
+
 def test_unsharded_programs_are_unchanged():
     a, b = jnp.ones((6, 3)), jnp.ones((6, 4))
     assert _jaxpr(_spmd.batch_contract, a, b) == _jaxpr(lambda a, b: a.T @ b, a, b)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from .._spmd import batch_contract, batch_first
+from .._spmd import batch_first, batch_gram
 from .checks import check_data, input_dims
 from .config import DEFAULT_CONFIG, Params, ProjectionConfig
 
@@ -124,7 +124,7 @@ def _invariant_terms(P_cat, R_cat, X, sizes, config) -> tuple[jax.Array, dict]:
         R_cat,
         owner,
         config,
-        cov=batch_contract(zc, zc) / B,
+        cov=batch_gram(zc) / B,
         spread=jnp.sum((Z - zbar[:, None]) ** 2) / B,
         energy=jnp.sum(Z**2) / B,
         squared_error=jnp.mean((predictions - X[:, None, :]) ** 2, axis=0),
