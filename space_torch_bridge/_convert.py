@@ -223,6 +223,22 @@ def _from_dlpack(t: torch.Tensor) -> jax.Array:
     return jax.dlpack.from_dlpack(t)
 
 
+def _cpu_default() -> bool:
+    """Whether jit places an uncommitted (NumPy) argument on the CPU, as the other inputs of a
+    CPU call: so a call of only small tensors never moves to a GPU that JAX also has."""
+    return jax.config.jax_default_device is None and _default_backend() == "cpu"
+
+
+@functools.cache
+def _default_backend() -> str:
+    return jax.default_backend()
+
+
+def _on_cpu(array: jax.Array) -> bool:
+    devices = array.devices()
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
+
+
 def _prepared(tensor: torch.Tensor, name: str) -> torch.Tensor:
     """Checks what JAX cannot take (or would silently narrow) and makes ``tensor`` shareable."""
     if not isinstance(tensor, torch.Tensor):
@@ -301,22 +317,6 @@ def to_torch(array: jax.Array, like: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point() and like.is_floating_point() and t.dtype != like.dtype:
         t = t.to(like.dtype)
     return t
-
-
-def _cpu_default() -> bool:
-    """Whether jit places an uncommitted (NumPy) argument on the CPU, as the other inputs of a
-    CPU call: so a call of only small tensors never moves to a GPU that JAX also has."""
-    return jax.config.jax_default_device is None and _default_backend() == "cpu"
-
-
-@functools.cache
-def _default_backend() -> str:
-    return jax.default_backend()
-
-
-def _on_cpu(array: jax.Array) -> bool:
-    devices = array.devices()
-    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
 
 
 def _map(tree: Any, fn: Callable[[Any, str], Any], path: str = "") -> Any:
