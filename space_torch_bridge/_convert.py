@@ -23,11 +23,10 @@ float16 / bfloat16                        one copy into float32 (the bridge comp
                                           float32 and casts results back)
 ========================================  ==============================================
 
-Inside the bridge's ops, :func:`to_jax_argument` hands a small CPU tensor (under
-``COPY_BELOW`` bytes: bases, decoders, scalars) to the jitted call as a NumPy view instead, which
-``jax.jit`` copies as it dispatches (5 us against DLPack's 30 us of bookkeeping per tensor), and
-:func:`to_torch` returns small CPU results as copies through NumPy for the same reason. Large
-tensors always cross by DLPack, without a copy.
+Inside the bridge's ops, :func:`to_jax_argument` hands a CPU tensor to the jitted call as a NumPy
+view of its (shareable) memory instead of a DLPack capsule: ``jax.jit`` places an aligned NumPy
+argument on the CPU without a copy, as it does a DLPack import, and costs about 5 us per tensor
+where the import costs 30 (a loss call takes ~10 tensors).
 
 float64 needs JAX's x64 mode, which JAX otherwise answers by silently truncating to float32. The
 bridge never turns x64 on globally: :func:`precision_scope` enables it, thread-locally, around
@@ -49,7 +48,6 @@ import numpy as np
 import torch
 
 __all__ = [
-    "COPY_BELOW",
     "compute_dtype",
     "jax_dtype",
     "precision_scope",
@@ -65,10 +63,6 @@ __all__ = [
 # XLA's CPU client shares host buffers only when they are aligned to this many bytes (it copies
 # misaligned ones on its own); the bridge makes the one copy itself so every platform behaves alike.
 _XLA_ALIGNMENT = 64
-
-# CPU tensors and results smaller than this cross by a copy through NumPy: copying a few hundred
-# KiB costs less than DLPack's fixed cost per tensor (about 30 us in and 25 us out on a CPU).
-COPY_BELOW = 1 << 18
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 # Dtypes JAX silently narrows to 32 bits unless x64 mode is on.
@@ -224,19 +218,14 @@ def _from_dlpack(t: torch.Tensor) -> jax.Array:
 
 
 def _cpu_default() -> bool:
-    """Whether jit places an uncommitted (NumPy) argument on the CPU, as the other inputs of a
-    CPU call: so a call of only small tensors never moves to a GPU that JAX also has."""
+    """Whether jit places an uncommitted (NumPy) argument on the CPU: so a call of CPU tensors
+    never moves to a GPU that JAX also has."""
     return jax.config.jax_default_device is None and _default_backend() == "cpu"
 
 
 @functools.cache
 def _default_backend() -> str:
     return jax.default_backend()
-
-
-def _on_cpu(array: jax.Array) -> bool:
-    devices = array.devices()
-    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
 
 
 def _prepared(tensor: torch.Tensor, name: str) -> torch.Tensor:
@@ -277,12 +266,13 @@ def to_jax(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array:
 
 def to_jax_argument(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array | np.ndarray:
     """``tensor`` as an argument of a jitted call: :func:`to_jax`, except that a CPU tensor
-    under :data:`COPY_BELOW` bytes becomes a NumPy view of its (shareable) data, which
-    ``jax.jit`` copies into an XLA buffer as it dispatches. Same checks, dtypes and errors as
-    :func:`to_jax`; only valid as a direct argument of a jitted function called at once.
+    becomes a NumPy view of its shareable (64-byte aligned, compact) memory, which ``jax.jit``
+    places on the CPU without a copy, like a DLPack import but without its per-tensor cost. Same
+    checks, dtypes and errors as :func:`to_jax`; only valid as a direct argument of a jitted
+    function called at once (and the tensor left unchanged until its results are read).
     """
     t = _prepared(tensor, name)
-    if t.device.type == "cpu" and t.numel() * t.element_size() < COPY_BELOW and _cpu_default():
+    if t.device.type == "cpu" and _cpu_default():
         return t.numpy()
     array = _from_dlpack(t)
     if array.dtype != jax_dtype(t.dtype):
@@ -296,22 +286,13 @@ def jax_dtype(dtype: torch.dtype) -> jnp.dtype:
 
 
 def to_torch(array: jax.Array, like: torch.Tensor) -> torch.Tensor:
-    """A JAX array as a torch tensor on ``like``'s device, with ``like``'s floating dtype.
+    """Shares a JAX array with torch through DLPack, on ``like``'s device with ``like``'s dtype.
 
-    The tensor aliases the JAX buffer through DLPack (no copy), except for a result under
-    :data:`COPY_BELOW` bytes bound for the CPU, which is copied through NumPy (cheaper than
-    DLPack's bookkeeping), and where a cast back to ``like``'s floating dtype (float16/bfloat16
-    inputs) or a device move is needed. Non-floating arrays keep their dtype.
+    The torch tensor aliases the JAX buffer (no copy) unless a cast back to ``like``'s floating
+    dtype (float16/bfloat16 inputs) or a device move is needed. Non-floating arrays keep their
+    dtype.
     """
-    if (
-        like.device.type == "cpu"
-        and array.nbytes < COPY_BELOW
-        and array.dtype.kind in "biuf"  # NumPy and torch agree on these (not bfloat16)
-        and _on_cpu(array)
-    ):
-        t = torch.from_numpy(np.array(array))
-    else:
-        t = torch.from_dlpack(array)
+    t = torch.from_dlpack(array)
     if t.device != like.device:
         t = t.to(like.device)
     if t.is_floating_point() and like.is_floating_point() and t.dtype != like.dtype:
