@@ -265,14 +265,15 @@ def to_jax(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array:
 
 
 def to_jax_argument(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array | np.ndarray:
-    """``tensor`` as an argument of a jitted call: :func:`to_jax`, except that a CPU tensor
-    becomes a NumPy view of its shareable (64-byte aligned, compact) memory, which ``jax.jit``
+    """``tensor`` as an argument of a jitted call: :func:`to_jax`, except that a row-major CPU
+    tensor becomes a NumPy view of its shareable (64-byte aligned) memory, which ``jax.jit``
     places on the CPU without a copy, like a DLPack import but without its per-tensor cost. Same
     checks, dtypes and errors as :func:`to_jax`; only valid as a direct argument of a jitted
     function called at once (and the tensor left unchanged until its results are read).
     """
     t = _prepared(tensor, name)
-    if t.device.type == "cpu" and _cpu_default():
+    # Row-major only: JAX copies a NumPy array in another layout, DLPack shares it (a transpose).
+    if t.device.type == "cpu" and t.is_contiguous() and _cpu_default():
         return t.numpy()
     array = _from_dlpack(t)
     if array.dtype != jax_dtype(t.dtype):

@@ -107,6 +107,8 @@ def test_cpu_arguments_are_numpy_views_with_to_jax_s_checks():
     assert half.dtype == np.float32  # computed in float32, as through DLPack
     neg = torch.arange(4.0)._neg_view()
     np.testing.assert_array_equal(_convert.to_jax_argument(neg), -np.arange(4.0, dtype=np.float32))
+    transposed = torch.randn(5, 8).T  # compact, not row-major: DLPack shares it as it is
+    assert shares(_convert.to_jax_argument(transposed), transposed)
     misaligned = torch.randn(100)[1:21]
     view = _convert.to_jax_argument(misaligned)
     assert view.ctypes.data % 64 == 0  # the one copy, made aligned so that JAX makes none
