@@ -7,12 +7,14 @@ The step is what a PyTorch user runs: an MLP autoencoder (``main``: B=4096, 512 
 and back; ``small``: B=512, 128 -> 256 -> D=64 and back), Adam, the reconstruction MSE, plus
 ``combined_loss`` on the latents (``main``: 4 quantities of 64 dims, k=16; ``small``: 2 of 16,
 k=8), with bases and decoders fitted once from the initial latents. SPACE's share of the step is
-the step time with ``combined_loss`` minus the step time without it.
+the step time with ``combined_loss`` minus the step time without it, taken per pair of adjacent
+steps.
 
 Method: each library runs in its own process (``--processes`` per library, alternating
 spacelearn, bridge, spacelearn, ...), so neither inherits the other's spinning thread pools;
-within a process steps with and without the loss alternate after a warm-up, and each figure is
-the median over steps, then the median over that library's processes. Torch runs with its
+within a process steps with and without the loss alternate after a warm-up (in both orders in
+turn), SPACE's share is the median over the pairs of their difference, and each figure is then
+the median over that library's processes. Torch runs with its
 default threads (2 on the reference machine). Each library is measured in two process
 environments: the default, and ``OMP_WAIT_POLICY=PASSIVE`` (torch's OpenMP workers sleep instead
 of spin-waiting after each parallel region; see the README's PyTorch section). The step is also
@@ -96,15 +98,28 @@ def step_times(impl: str, size: str, steps: int, warmup: int = 5) -> dict:
     for i in range(warmup):
         step(i % 2 == 0)
     runs: dict[bool, list[dict]] = {False: [], True: []}
-    for _ in range(steps):
-        for with_space in (False, True):
+    for i in range(steps):
+        # Both orders in turn, so that neither kind of step always follows the other.
+        for with_space in (False, True) if i % 2 == 0 else (True, False):
             runs[with_space].append(step(with_space))
+    return _summary(runs)
+
+
+def _summary(runs: dict[bool, list[dict]]) -> dict:
+    """Seconds: medians of each kind of step, and SPACE's share as the median of the paired
+    differences (step ``i`` with the loss minus step ``i`` without it, taken next to each other)
+    rather than a difference of medians, which adds both medians' noise."""
     med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+
+    def paired(key: str) -> float:
+        pairs = zip(runs[True], runs[False], strict=True)
+        return statistics.median(a[key] - b[key] for a, b in pairs)
+
     out = {
         "plain_s": med[False]["step"],
         "with_space_s": med[True]["step"],
-        "space_s": med[True]["step"] - med[False]["step"],
-        "cpu_space_s": med[True]["cpu"] - med[False]["cpu"],
+        "space_s": paired("step"),
+        "cpu_space_s": paired("cpu"),
     }
     for phase in PHASES:
         out[f"{phase} plain_s"] = med[False][phase]
@@ -160,12 +175,15 @@ def run(
             for key in runs[impl][0]:
                 value = statistics.median(r[key] for r in runs[impl])
                 out[f"{variant}: {impl} {key[:-2]} ms"] = round(1e3 * value, 2)
+            shares = ", ".join(f"{1e3 * r['space_s']:.3g}" for r in runs[impl])
+            out[f"{variant}: {impl} space ms, each process"] = shares
         sl, br = out[f"{variant}: spacelearn space ms"], out[f"{variant}: bridge space ms"]
         out[f"{variant}: SPACE share spacelearn / bridge"] = round(sl / br, 2) if br > 0 else None
         out[f"{variant}: target >= 3x"] = "met" if br > 0 and sl / br >= 3 else "missed"
     out["method"] = (
         f"separate processes ({processes} per library and variant, alternating), "
-        f"{steps} alternating step pairs each after 5 warm-up steps; medians"
+        f"{steps} alternating step pairs each after 5 warm-up steps; SPACE's share: median of the "
+        "paired differences; other figures: medians"
     )
     return out
 

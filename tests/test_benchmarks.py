@@ -200,3 +200,19 @@ def test_spin_measures_each_case_and_leaves_lapack_at_one_thread():
     assert all(res[k] is None or res[k] >= 0.0 for k in cases)
     scipys = [i for i in threadpoolctl.threadpool_info() if "scipy.libs" in i["filepath"]]
     assert scipys and all(i["num_threads"] == 1 for i in scipys)
+
+
+def test_torch_step_share_is_the_median_of_paired_differences():
+    from benchmarks import torch_step
+
+    phases = dict.fromkeys(torch_step.PHASES, 0.0)
+    # A slow drift over the run: plain steps 1.0, 2.0, 3.0 s, each with-loss step 0.1 s more.
+    plain = [{"step": t, "cpu": t, **phases} for t in (1.0, 2.0, 3.0)]
+    with_space = [{"step": t + 0.1, "cpu": t + 0.2, **phases} for t in (1.0, 2.0, 3.0)]
+    # One pair disturbed: its with-loss step took 5 s longer. The median ignores it.
+    with_space[0] = {**with_space[0], "step": 6.1}
+    out = torch_step._summary({False: plain, True: with_space})
+    assert math.isclose(out["space_s"], 0.1)
+    assert math.isclose(out["cpu_space_s"], 0.2)
+    assert out["plain_s"] == 2.0 and out["with_space_s"] == 3.1
+    assert {f"{p} plain_s" for p in torch_step.PHASES} <= set(out)
