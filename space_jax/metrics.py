@@ -32,7 +32,10 @@ def subspace_change(
             f"W_old, W_new: expected bases (k, D) with the same D, got {W_old.shape} and "
             f"{W_new.shape}"
         )
-    g = jnp.clip(jnp.abs(W_old @ W_new.T), -1.0, 1.0)
+    g = jnp.abs(W_old @ W_new.T)
+    # clip(g, -1, 1), with torch.clamp's derivative at the bound (1 at g == 1, where jnp.clip
+    # gives 1/2: a direction that did not move has g == 1 exactly); g >= 0, so -1 never binds.
+    g = jnp.where(g > 1.0, jnp.ones_like(g), g)
     per_dir = g.max(axis=1)
     angles = jnp.degrees(jnp.arccos(per_dir))
     angles = jnp.where(angles < 1e-3, 0.0, angles)

@@ -359,6 +359,26 @@ def test_subspace_change_matches(tdtype):
     assert float(same["mean_angle_deg"]) == 0.0
 
 
+def test_gradient_of_one_output_ignores_the_others_infinite_derivatives(tdtype):
+    """A direction that did not move has cosine 1, where the angle output's ``arccos`` has an
+    infinite derivative. Differentiating only ``mean_cos_sim`` must not meet it (torch sends no
+    gradient through an unused output; a zero cotangent would give ``0 * inf = NaN``), so the
+    gradient is spacelearn's, finite."""
+    g = torch.Generator().manual_seed(3)
+    W_old = torch.linalg.qr(torch.randn(6, 2, generator=g, dtype=torch.float64))[0].T
+    W_new = W_old.clone()
+    W_new[1] = W_new[1] + 0.3 * torch.randn(6, generator=g, dtype=torch.float64)
+    W_old, W_new = W_old.to(tdtype), W_new.to(tdtype)
+    grads = []
+    for module in (ref_optim, optim):
+        w = W_old.clone().requires_grad_()
+        module.subspace_change(w, W_new)["mean_cos_sim"].backward()
+        grads.append(w.grad)
+    want, got = grads
+    assert torch.isfinite(got).all()
+    assert_close(got, want, VALUE_TOL[tdtype] * 10)
+
+
 # --- data --------------------------------------------------------------------------------
 
 
