@@ -183,3 +183,24 @@ def test_fullgraph_sees_one_graph_without_breaks():
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
     ops = {str(n.target) for g in explanation.graphs for n in g.graph.nodes}
     assert {"space_torch_bridge.combined_loss.default", "space_torch_bridge.pool.default"} <= ops
+
+
+def test_compiled_gradient_of_one_output_skips_the_unused_ones():
+    """Under torch.compile too, only the outputs that receive a gradient are differentiated:
+    ``mean_cos_sim``'s gradient stays finite where the unused angle output's derivative is
+    infinite (a direction that did not move), and equals the eager one."""
+    g = torch.Generator().manual_seed(3)
+    W_old = torch.linalg.qr(torch.randn(6, 2, generator=g, dtype=torch.float64))[0].T
+    W_new = W_old.clone()
+    W_new[1] = W_new[1] + 0.3 * torch.randn(6, generator=g, dtype=torch.float64)
+
+    def similarity(w):
+        return optim.subspace_change(w, W_new)["mean_cos_sim"]
+
+    grads = []
+    for fn in (similarity, torch.compile(similarity, fullgraph=True)):
+        w = W_old.clone().requires_grad_()
+        fn(w).backward()
+        grads.append(w.grad)
+    assert torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
