@@ -393,11 +393,17 @@ def _loss_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:], *kept)
 
 
-def _loss_backward(ctx, grad_outputs):
+def _loss_backward(ctx, grad_outputs, axes=None):
+    """The saved gradients scaled by the loss's; for a batched call (``axes``) each item's by
+    its own loss's gradient, and a shared leaf's summed over the batch."""
     saved = ctx.saved_tensors
     grads, inputs = saved[: ctx.n_grads], saved[ctx.n_grads :]
     grad_output = grad_outputs[0]
-    scaled = [_scaled(g, grad_output) for g in grads]
+    if axes is None:
+        scaled = [_scaled(g, grad_output) for g in grads]
+    else:
+        per_item = [g * grad_output.reshape(-1, *[1] * (g.ndim - 1)).to(g.dtype) for g in grads]
+        scaled = _per_item(per_item, axes, ctx.grad_mask)
     scaled = iter(_refuse_second_order(_spec.parse(ctx.label).label, scaled, inputs))
     return [next(scaled) if m else None for m in ctx.grad_mask], None, None, None
 
@@ -557,14 +563,8 @@ class _BatchedLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, *unused):
-        saved = ctx.saved_tensors
-        grads, inputs = saved[: ctx.n_grads], saved[ctx.n_grads :]
-        scaled = [g * grad_output.reshape(-1, *[1] * (g.ndim - 1)).to(g.dtype) for g in grads]
-        scaled = _refuse_second_order(
-            _spec.parse(ctx.label).label, _per_item(scaled, ctx.axes, ctx.grad_mask), inputs
-        )
-        it = iter(scaled)
-        return (None, None, None, None, *[next(it) if m else None for m in ctx.grad_mask])
+        grads = _loss_backward(ctx, (grad_output,), ctx.axes)[0]
+        return (None, None, None, None, *grads)
 
     vmap = staticmethod(_refuse_nested_vmap)
 
