@@ -151,9 +151,11 @@ def batch_gram(x: jax.Array) -> jax.Array:
     XLA has no symmetric rank-k kernel, so a full ``x.T @ x`` computes both triangles. From
     ``d = BLOCKED_GRAM_MIN`` columns on it is formed from the halves ``x = [a, b]`` as
     ``[[a.T a, a.T b], [(a.T b).T, b.T b]]``: three products of half width, 3/4 of the
-    arithmetic. On 2 CPU cores (alternating rounds; ``benchmarks.breakdown`` times both forms)
-    it took 0.78-0.82x the time of one product at ``d = 512`` and the same time, within noise
-    (0.90-1.06x over three runs), at ``d = 256``. The off-diagonal blocks are exact transposes.
+    arithmetic. Its speed depends on the machine's kernels: on 2 CPU cores (alternating
+    rounds; ``benchmarks.breakdown`` times both forms) it took 0.78-0.82x the time of one
+    product at ``d = 512`` on one machine and 1.07-1.11x on another (AMD EPYC both), and the
+    same time within noise at ``d = 256`` on both. On a mesh it all-reduces only the three
+    distinct blocks (3/4 of the bytes). The off-diagonal blocks are exact transposes.
     """
     x = jnp.asarray(x)
     if x.ndim != 2 or x.shape[1] < BLOCKED_GRAM_MIN:
