@@ -509,7 +509,8 @@ class _EagerLoss(torch.autograd.Function):
 
 
 class _EagerFunction(torch.autograd.Function):
-    """A function op's eager twin (:class:`_EagerLoss`); its backward runs the ``_vjp`` op."""
+    """A function op's eager twin (:class:`_EagerLoss`); its backward runs the ``_vjp`` op
+    (under ``torch.func``, :class:`_EagerVJP`)."""
 
     @staticmethod
     def forward(spec_text, grad_mask, seed, *leaves):
