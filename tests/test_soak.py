@@ -79,3 +79,65 @@ def test_vmapped_space_sweep_at_demo_sizes_finishes_three_times():
             assert other[metric] == values, metric
     # The configurations differ, and so do their scores.
     assert len(set(first["val_mean_r2"])) > 1
+
+
+TORCH_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import torch
+    import space_torch_bridge as sl
+
+    # torch.func.vmap through the bridge at a user's size: 16 configurations of bases for a
+    # batch of 2048 latents (D = 64, 4 quantities of 16 dims, k = 8), the losses, their
+    # gradients and the subspaces refitted per configuration, each one batched JAX call with
+    # decompositions inside (the isotropy eigh, the SVDs), three times in a row.
+    g = torch.Generator().manual_seed(0)
+    B, D, Q, M, K, N = 2048, 64, 4, 16, 8, 16
+    Z = torch.randn(B, D, generator=g)
+    Y = {f"q{i}": torch.tanh(Z[:, :M] @ torch.randn(M, M, generator=g)) for i in range(Q)}
+    with torch.no_grad():
+        space = sl.solve_subspaces(Z, Y, k=K)
+    scales = torch.linspace(0.5, 2.0, N)
+    W = {q: scales[:, None, None] * w for q, w in space.W.items()}
+    Zs = Z + 0.01 * torch.randn(N, B, D, generator=g)
+
+    def objective(bases, z):
+        return sl.combined_loss(z, bases, space.A, Y, None)
+
+    runs = []
+    for i in range(3):
+        t = time.perf_counter()
+        losses = torch.func.vmap(objective)(W, Zs)
+        grads = torch.func.vmap(torch.func.grad(objective))(W, Zs)
+        refit = torch.func.vmap(lambda z: sl.solve_subspaces(z, Y, k=K).W["q0"])(Zs)
+        runs.append([losses.tolist(), grads["q0"].sum().item(), refit.abs().sum().item()])
+        print(f"run {i}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+    one = objective({q: w[3] for q, w in W.items()}, Zs[3]).item()
+    print(json.dumps({"runs": runs, "item3": one}))
+    """
+)
+
+
+def test_torch_func_vmap_through_the_bridge_at_user_sizes_finishes_three_times():
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", TORCH_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(
+            f"torch.func.vmap through the bridge did not finish in {TIMEOUT_S} s (a hang?); "
+            f"stderr: {(err.stderr or b'')[-2000:]!r}"
+        ) from None
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, *others = result["runs"]
+    assert all(other == first for other in others)  # the same program, the same numbers
+    losses = first[0]
+    assert len(losses) == 16 and len(set(losses)) == 16
+    # Item 3 of the batched call is the single call's loss, at float32 rounding.
+    assert abs(losses[3] - result["item3"]) <= 1e-5 * abs(result["item3"])
