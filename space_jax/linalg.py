@@ -32,6 +32,7 @@ from ._checks import as_float
 from ._decompositions import eigh, eigvalsh, lstsq, pinv, qr, solve, svd
 from ._lapack_threads import limit_lapack_threads
 from ._spmd import batch_gram
+from ._top_eigh import top_eigh, top_eigvalsh
 
 __all__ = [
     "Solver",
@@ -319,13 +320,15 @@ def _residual_gram(x, w):
 
 def _residual_gram_eigvals_only(x, w, n):
     """:func:`residual_gram_eigvals` without its derivative rule: no eigenvectors computed."""
-    return eigvalsh(_residual_gram(x, w)[0])[::-1][:n]
+    return top_eigvalsh(_residual_gram(x, w)[0], n)
 
 
 def _residual_gram_eigh(x, w, n):
+    """The ``n`` leading eigenpairs of ``P G P`` (:mod:`space_jax._top_eigh`: on CPU from
+    ``D = 256`` on without the whole decomposition), and ``G``."""
     m, g = _residual_gram(x, w)
-    lam, v = _sym_eigh(m)
-    return lam[:n], v[:, :n], g
+    lam, v = top_eigh(m, n)
+    return lam, v, g
 
 
 def _residual_gram_eigvals_fwd(x, w, n):
