@@ -31,6 +31,7 @@ def run(size: str = "main", rounds: int = 5) -> dict:
     import space_jax as sj
     from space_jax import linalg
     from space_jax._spmd import batch_gram
+    from space_jax._top_eigh import top_eigh
 
     from .harness import time_blocks
     from .problems import SIZES as PROBLEMS
@@ -61,6 +62,8 @@ def run(size: str = "main", rounds: int = 5) -> dict:
         "gram_blocked_xla": (jax.jit(batch_gram), (zs,)),
         "coords_xla": (jax.jit(lambda z, w: z @ w.T), (zs, w_all)),
         "eigh_DxD": (jax.jit(linalg.eigh), (g,)),
+        # What the loss runs: the n_dir leading pairs only (space_jax._top_eigh).
+        "top_eigh_DxD": (jax.jit(lambda g: top_eigh(g, n_dir)), (g,)),
         "backward_product_xla": (jax.jit(lambda a, b: a @ b), (left, right)),
         "loss_fwd": (jax.jit(sj.combined_loss), (Z, W, A, Y)),
         "loss_fwd_bwd": (jax.jit(jax.value_and_grad(sj.combined_loss)), (Z, W, A, Y)),

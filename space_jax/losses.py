@@ -15,7 +15,9 @@ All losses are built on second-order statistics of the centered batch ``Zc`` (``
 
 So a call costs one ``B x D x D`` product (``G``; from ``D = 256`` on three half-width
 products, 3/4 of the arithmetic: :func:`space_jax._spmd.batch_gram`), one ``B x D x K`` product
-(``S``) and one eigendecomposition forward, and backward one ``B x D x n_dir`` product and one
+(``S``) and the ``n_dir`` leading eigenpairs of ``P G P`` forward (on CPU from ``D = 256``
+without the whole decomposition: :mod:`space_jax._top_eigh`), and backward one
+``B x D x n_dir`` product and one
 ``B x (K + n_dir) x D`` product: the isotropy gradient needs only the ``n_dir`` leading
 eigenvectors (:func:`space_jax.linalg.residual_gram_eigvals`), and the custom derivative of the
 batch statistics folds it, the coordinates' gradient and the centering into that one product.
