@@ -53,24 +53,30 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_vmapped_space_sweep_at_demo_sizes_finishes_three_times():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_with_hard_timeout(what: str, script: str, *args: str) -> dict:
+    """Runs ``script`` in a fresh Python, killed after :data:`TIMEOUT_S`; its last line of
+    output, as JSON. A hang fails with ``what`` and the end of its stderr."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", SCRIPT, str(ROOT / "examples" / "demo.py")],
+            [sys.executable, "-c", script, *args],
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
-            env=env,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             cwd=ROOT,
         )
     except subprocess.TimeoutExpired as err:
         raise AssertionError(
-            f"the vmapped sweep did not finish in {TIMEOUT_S} s (a hang?); stderr: "
+            f"{what} did not finish in {TIMEOUT_S} s (a hang?); stderr: "
             f"{(err.stderr or b'')[-2000:]!r}"
         ) from None
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_vmapped_space_sweep_at_demo_sizes_finishes_three_times():
+    demo = str(ROOT / "examples" / "demo.py")
+    result = run_with_hard_timeout("the vmapped sweep", SCRIPT, demo)
     assert result["latent_dim"] == 56
     first, *others = result["runs"]
     for metric, values in first.items():
@@ -119,22 +125,7 @@ TORCH_SCRIPT = textwrap.dedent(
 
 
 def test_torch_func_vmap_through_the_bridge_at_user_sizes_finishes_three_times():
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", TORCH_SCRIPT],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
-        )
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(
-            f"torch.func.vmap through the bridge did not finish in {TIMEOUT_S} s (a hang?); "
-            f"stderr: {(err.stderr or b'')[-2000:]!r}"
-        ) from None
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_with_hard_timeout("torch.func.vmap through the bridge", TORCH_SCRIPT)
     first, *others = result["runs"]
     assert all(other == first for other in others)  # the same program, the same numbers
     losses = first[0]
