@@ -37,6 +37,7 @@ from . import _lapack
 __all__ = ["TOP_EIGH_MIN", "top_eigh", "top_eigvalsh"]
 
 TOP_EIGH_MIN = 256  # columns from which the tridiagonal route is taken (on CPU, n <= D / 4)
+_HALF = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 _ITERATIONS = 2  # inverse iterations; each gains a factor |lambda - sigma| / gap ~ eps / gap
 
 
@@ -112,6 +113,9 @@ def top_eigh(a: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     """``(lambda, v)``: the ``n`` largest eigenvalues of a symmetric ``(D, D)`` matrix,
     descending ``(n,)``, and their eigenvectors ``(D, n)`` (orthonormal columns). ``a`` is
     symmetrised first. ``n`` is static, at most ``D``."""
+    if a.dtype in _HALF:  # LAPACK and the bisection in float32, as space_jax._lapack does
+        lam, v = top_eigh(a.astype(jnp.float32), n)
+        return lam.astype(a.dtype), v.astype(a.dtype)
     a = 0.5 * (a + a.T)
     if not _worth_it(a.shape[-1], n):
         return _full(a, n)
@@ -123,6 +127,8 @@ def top_eigh(a: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
 def top_eigvalsh(a: jax.Array, n: int) -> jax.Array:
     """The ``n`` largest eigenvalues of a symmetric ``(D, D)`` matrix, descending (``a`` is
     symmetrised first); no eigenvectors are computed."""
+    if a.dtype in _HALF:
+        return top_eigvalsh(a.astype(jnp.float32), n).astype(a.dtype)
     a = 0.5 * (a + a.T)
     if not _worth_it(a.shape[-1], n):
         return _lapack.eigvalsh(a)[::-1][:n]

@@ -138,3 +138,15 @@ def test_isotropy_through_the_route_equals_the_full_decomposition(monkeypatch):
     for q in W:
         scale = float(jnp.abs(gw_f[q]).max())
         np.testing.assert_allclose(gw_r[q], gw_f[q], rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_half_precision_is_computed_in_float32_and_returned_in_its_dtype():
+    x = np.random.default_rng(4).standard_normal((4 * D, D)).astype(np.float32)
+    a = x.T @ x
+    want = np.linalg.eigvalsh(a.astype(np.float64))[::-1][:N]
+    for dtype, tol in ((jnp.float16, 2e-3), (jnp.bfloat16, 2e-2)):  # the inputs' rounding
+        lam, v = jax.jit(lambda m: _top_eigh.top_eigh(m, N))(jnp.asarray(a, dtype))
+        values = jax.jit(lambda m: _top_eigh.top_eigvalsh(m, N))(jnp.asarray(a, dtype))
+        assert lam.dtype == v.dtype == values.dtype == dtype
+        for got in (lam, values):
+            assert np.abs(np.asarray(got, np.float64) - want).max() <= tol * want[0]
