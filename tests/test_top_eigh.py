@@ -30,9 +30,14 @@ def spectrum_matrix(eigenvalues, seed, dtype):
     return ((q * eigenvalues) @ q.T).astype(dtype)
 
 
+# Jitted once: jit caches per shape and dtype, so every matrix below reuses the compilation.
+top_pairs = jax.jit(lambda a: _top_eigh.top_eigh(a, N))
+top_values = jax.jit(lambda a: _top_eigh.top_eigvalsh(a, N))
+
+
 def assert_top_pairs(a, dtype):
-    lam, v = jax.jit(lambda a: _top_eigh.top_eigh(a, N))(jnp.asarray(a))
-    values = jax.jit(lambda a: _top_eigh.top_eigvalsh(a, N))(jnp.asarray(a))
+    lam, v = top_pairs(jnp.asarray(a))
+    values = top_values(jnp.asarray(a))
     lam, v, values = np.asarray(lam), np.asarray(v), np.asarray(values)
     assert lam.dtype == v.dtype == values.dtype == dtype
     assert lam.shape == values.shape == (N,) and v.shape == (D, N)
@@ -109,7 +114,7 @@ def test_vmap_equals_each_call():
     rng = np.random.default_rng(2)
     a = np.stack([spectrum_matrix(rng.uniform(0, 1 + i, D), i, np.float32) for i in range(3)])
     batched = jax.jit(jax.vmap(lambda m: _top_eigh.top_eigh(m, N)))(jnp.asarray(a))
-    single = [jax.jit(lambda m: _top_eigh.top_eigh(m, N))(jnp.asarray(m)) for m in a]
+    single = [top_pairs(jnp.asarray(m)) for m in a]
     for i, (lam, v) in enumerate(single):
         np.testing.assert_array_equal(np.asarray(batched[0][i]), np.asarray(lam))
         np.testing.assert_array_equal(np.asarray(batched[1][i]), np.asarray(v))
@@ -145,8 +150,8 @@ def test_half_precision_is_computed_in_float32_and_returned_in_its_dtype():
     a = x.T @ x
     want = np.linalg.eigvalsh(a.astype(np.float64))[::-1][:N]
     for dtype, tol in ((jnp.float16, 2e-3), (jnp.bfloat16, 2e-2)):  # the inputs' rounding
-        lam, v = jax.jit(lambda m: _top_eigh.top_eigh(m, N))(jnp.asarray(a, dtype))
-        values = jax.jit(lambda m: _top_eigh.top_eigvalsh(m, N))(jnp.asarray(a, dtype))
+        lam, v = top_pairs(jnp.asarray(a, dtype))
+        values = top_values(jnp.asarray(a, dtype))
         assert lam.dtype == v.dtype == values.dtype == dtype
         for got in (lam, values):
             assert np.abs(np.asarray(got, np.float64) - want).max() <= tol * want[0]
