@@ -155,3 +155,14 @@ def test_half_precision_is_computed_in_float32_and_returned_in_its_dtype():
         assert lam.dtype == v.dtype == values.dtype == dtype
         for got in (lam, values):
             assert np.abs(np.asarray(got, np.float64) - want).max() <= tol * want[0]
+
+
+def test_non_finite_input_gives_nan_not_a_hang():
+    """The bisection and inverse iteration have fixed iteration counts: NaN or inf in the
+    matrix comes out as NaN, as LAPACK's eigh reports it, in bounded time."""
+    for bad in (np.nan, np.inf):
+        a = np.eye(D, dtype=np.float32)
+        a[3, 5] = a[5, 3] = bad
+        lam, _ = top_pairs(jnp.asarray(a))
+        assert np.isnan(np.asarray(lam)).any()
+        assert np.isnan(np.asarray(top_values(jnp.asarray(a)))).any()
