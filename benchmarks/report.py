@@ -236,7 +236,8 @@ def markdown(results: dict) -> str:
         "product, the fastest of NumPy's BLAS, XLA and torch in each round (timed with the "
         "combined loss only); speedup = spacelearn time / time; compile = first call minus a "
         "steady call. The headline rows are confirmed with each implementation in a process "
-        "of its own (section 'Separate processes').",
+        "of its own (section 'Separate processes'). Every process, spacelearn's included, "
+        "runs with the malloc thresholds space_jax sets (README, 'Large host buffers').",
         "",
     ]
     targets = results.get("targets") or check_targets(results)

@@ -32,7 +32,11 @@ _TIMEOUT_S = 900.0
 
 
 def _worker() -> None:  # pragma: no cover - runs in the child process
+    from space_jax._host_malloc import ensure_host_malloc
+
     from . import core
+
+    ensure_host_malloc()  # spacelearn's worker gets space_jax's malloc settings too
     from .problems import SIZES, TINY, make_problem
 
     fns, calls = {}, {}

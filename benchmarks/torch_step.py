@@ -56,6 +56,9 @@ def step_times(impl: str, size: str, steps: int, warmup: int = 5) -> dict:
     import torch
     from torch import nn
 
+    from space_jax._host_malloc import ensure_host_malloc
+
+    ensure_host_malloc()  # both libraries' processes run with space_jax's malloc settings
     if impl == "bridge":
         import space_torch_bridge as lib
     else:

@@ -40,6 +40,7 @@ try:  # the CPU LAPACK targets' names (jax's own lowering uses the same module)
 except ImportError:  # pragma: no cover - a jaxlib without it: eigenvalues through eigh
     _jaxlib_lapack = None
 
+from space_jax._host_malloc import ensure_host_malloc
 from space_jax._lapack_threads import ensure_lapack_threads
 
 __all__ = ["eigh", "eigvalsh", "lu_factor", "lu_solve", "solve_triangular", "svd"]
@@ -66,6 +67,7 @@ def _half_in_float32(fn: Callable) -> Callable:
 def _batch_safe(fn: Callable) -> Callable:
     """``fn`` (unbatched, array arguments only) with the batching rule described above."""
     ensure_lapack_threads()  # the first decomposition built sets LAPACK to one thread
+    ensure_host_malloc()  # and lets malloc keep large buffers (space_jax._host_malloc)
     fn = _half_in_float32(fn)
     f = custom_vmap(fn)
 

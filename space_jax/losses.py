@@ -54,6 +54,7 @@ from ._checks import (
     check_positive_int,
     flatten_target,
 )
+from ._host_malloc import ensure_host_malloc
 from ._spmd import batch_contract, batch_max, batch_mean
 from .linalg import (
     _residual_gram_eigh,
@@ -136,6 +137,7 @@ def _scale_of(z: jax.Array) -> jax.Array:
 def _scaled_center(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``((Z - mean) / scale, scale)`` with :func:`_scale_of`: its Gram matrices cannot
     overflow (entries at most ``B``)."""
+    ensure_host_malloc()  # every loss and solve passes here while tracing
     scale = _scale_of(z)
     return (z - batch_mean(z, keepdims=True)) * (1.0 / scale), scale
 

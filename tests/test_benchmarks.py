@@ -216,3 +216,37 @@ def test_torch_step_share_is_the_median_of_paired_differences():
     assert math.isclose(out["cpu_space_s"], 0.2)
     assert out["plain_s"] == 2.0 and out["with_space_s"] == 3.1
     assert {f"{p} plain_s" for p in torch_step.PHASES} <= set(out)
+
+
+def test_malloc_benchmark_runs_each_setting_in_a_clean_environment(monkeypatch):
+    from benchmarks import malloc
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.setenv("SPACE_JAX_MMAP_THRESHOLD", "5")
+    env = malloc._clean_env(malloc.SETTINGS["glibc defaults"])
+    assert "MALLOC_ARENA_MAX" not in env and env["SPACE_JAX_MMAP_THRESHOLD"] == "0"
+    assert "SPACE_JAX_MMAP_THRESHOLD" not in malloc._clean_env({})
+
+    times = iter([10.0, 8.0, 12.0, 9.0, 20.0, 10.0, 11.0, 12.0, 6.0, 30.0, 10.0, 15.0])
+    seen = []
+
+    def fake_run(cmd, env, **kwargs):
+        if env.get("SPACE_JAX_MMAP_THRESHOLD") == "0":
+            seen.append("glibc defaults")
+        elif "MALLOC_ARENA_MAX" in env:
+            seen.append("launch")
+        else:
+            seen.append("ours")
+        out = {op: {"ms": next(times), "faults": 1.0} for op in malloc._OPS}
+        return types.SimpleNamespace(returncode=0, stdout="RESULT" + json.dumps(out), stderr="")
+
+    monkeypatch.setattr(malloc.subprocess, "run", fake_run)
+    res = malloc.run("main", repeats=2)
+    names = list(malloc.SETTINGS)
+    order = ["glibc defaults", "ours", "launch"]
+    assert seen == order + order[::-1]  # every other repeat in reverse order
+    loss = malloc._OPS[0]
+    # repeat 1: defaults 10, ours 12, launch 20; repeat 2 (reversed): launch 11, ours 6, defaults 10
+    assert res[names[1]][loss]["ratio"] == pytest.approx((1.2 + 0.6) / 2)
+    assert res[names[2]][loss]["ms"] == pytest.approx(15.5)
+    assert "0.90x" in malloc.table(res)
