@@ -396,9 +396,11 @@ def _loss_setup(ctx, inputs, output):
 def _loss_backward(ctx, grad_outputs, axes=None):
     """The saved gradients scaled by the loss's; for a batched call (``axes``) each item's by
     its own loss's gradient, and a shared leaf's summed over the batch."""
+    grad_output = grad_outputs[0]
+    if grad_output is None:  # the eager twins do not materialise an absent cotangent
+        return [None] * len(ctx.grad_mask), None, None, None
     saved = ctx.saved_tensors
     grads, inputs = saved[: ctx.n_grads], saved[ctx.n_grads :]
-    grad_output = grad_outputs[0]
     if axes is None:
         scaled = [_scaled(g, grad_output) for g in grads]
     else:
@@ -496,6 +498,9 @@ class _EagerLoss(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         spec_text, grad_mask, seed, *leaves = inputs
         ctx.mark_non_differentiable(*output[1:])
+        # No zero-filled cotangents for the gradient outputs: filling B x D zeros on every
+        # backward woke torch's OpenMP workers, whose spinning slowed the next XLA call.
+        ctx.set_materialize_grads(False)
         _loss_setup(ctx, (leaves, seed, spec_text, grad_mask), output)
 
     @staticmethod
@@ -559,6 +564,9 @@ class _BatchedLoss(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         spec_text, grad_mask, seed, axes, *leaves = inputs
         ctx.mark_non_differentiable(*output[1:])
+        # No zero-filled cotangents for the gradient outputs: filling B x D zeros on every
+        # backward woke torch's OpenMP workers, whose spinning slowed the next XLA call.
+        ctx.set_materialize_grads(False)
         ctx.axes = axes
         _loss_setup(ctx, (leaves, seed, spec_text, grad_mask), output)
 

@@ -118,8 +118,9 @@ def _is_compact(t: torch.Tensor) -> bool:
     return True
 
 
-def _copy_reason(t: torch.Tensor) -> str | None:
-    """Why ``t`` cannot be handed to XLA as it is, or None when it can."""
+def _copy_reason(t: torch.Tensor, *, alignment: bool = True) -> str | None:
+    """Why ``t`` cannot be handed to XLA as it is, or None when it can (``alignment=False``:
+    a misaligned data pointer does not count)."""
     if t.layout != torch.strided:
         return f"layout {t.layout}"
     if t.dtype in _HALF_DTYPES:
@@ -132,7 +133,7 @@ def _copy_reason(t: torch.Tensor) -> str | None:
         return None
     if not (t.is_contiguous() or _is_compact(t)):
         return "non-compact strides"
-    if t.data_ptr() % _XLA_ALIGNMENT:
+    if alignment and t.data_ptr() % _XLA_ALIGNMENT:
         return f"data pointer not {_XLA_ALIGNMENT}-byte aligned"
     return None
 
@@ -228,8 +229,8 @@ def _default_backend() -> str:
     return jax.default_backend()
 
 
-def _prepared(tensor: torch.Tensor, name: str) -> torch.Tensor:
-    """Checks what JAX cannot take (or would silently narrow) and makes ``tensor`` shareable."""
+def _checked(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """``tensor`` detached, after refusing what JAX cannot take (or would silently narrow)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
     _check_device(tensor, name)
@@ -241,7 +242,12 @@ def _prepared(tensor: torch.Tensor, name: str) -> torch.Tensor:
         )
     if tensor.is_complex():
         raise TypeError(f"{name}: complex tensors are not supported, got {tensor.dtype}")
-    return shareable(tensor)
+    return tensor.detach()
+
+
+def _prepared(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """:func:`_checked`, then made shareable (:func:`shareable`)."""
+    return shareable(_checked(tensor, name))
 
 
 def to_jax(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array:
@@ -266,15 +272,25 @@ def to_jax(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array:
 
 def to_jax_argument(tensor: torch.Tensor, *, name: str = "tensor") -> jax.Array | np.ndarray:
     """``tensor`` as an argument of a jitted call: :func:`to_jax`, except that a row-major CPU
-    tensor becomes a NumPy view of its shareable (64-byte aligned) memory, which ``jax.jit``
-    places on the CPU without a copy, like a DLPack import but without its per-tensor cost. Same
+    tensor becomes a NumPy view of its memory, which ``jax.jit`` places on the CPU without a
+    copy when it is 64-byte aligned (like a DLPack import but without its per-tensor cost) and
+    with one copy of its own when it is not. Same
     checks, dtypes and errors as :func:`to_jax`; only valid as a direct argument of a jitted
     function called at once (and the tensor left unchanged until its results are read).
     """
-    t = _prepared(tensor, name)
+    t = _checked(tensor, name)
     # Row-major only: JAX copies a NumPy array in another layout, DLPack shares it (a transpose).
-    if t.device.type == "cpu" and t.is_contiguous() and _cpu_default():
+    # A misaligned one goes as it is too: JAX copies it with one memcpy on this thread, where
+    # torch's copy_ would wake its OpenMP workers, whose spinning then slows the XLA call that
+    # follows (at the main benchmark size: about 6 ms on a 14 ms loss, 2 cores).
+    if (
+        t.device.type == "cpu"
+        and t.is_contiguous()
+        and _cpu_default()
+        and _copy_reason(t, alignment=False) is None
+    ):
         return t.numpy()
+    t = shareable(t)
     array = _from_dlpack(t)
     if array.dtype != jax_dtype(t.dtype):
         raise RuntimeError(f"{name}: DLPack gave {array.dtype} for a {t.dtype} tensor")

@@ -111,8 +111,13 @@ def test_cpu_arguments_are_numpy_views_with_to_jax_s_checks():
     assert shares(_convert.to_jax_argument(transposed), transposed)
     misaligned = torch.randn(100)[1:21]
     view = _convert.to_jax_argument(misaligned)
-    assert view.ctypes.data % 64 == 0  # the one copy, made aligned so that JAX makes none
-    np.testing.assert_array_equal(view, misaligned.numpy())
+    # Passed as it is (no torch copy_, which would wake torch's OpenMP workers): a view of the
+    # tensor's own memory, which JAX copies once, aligned, when it places the argument.
+    assert view.ctypes.data == misaligned.data_ptr()
+    placed = jax.device_put(view)
+    assert placed.unsafe_buffer_pointer() % 64 == 0
+    assert placed.unsafe_buffer_pointer() != misaligned.data_ptr()
+    np.testing.assert_array_equal(np.asarray(_double(view)), 2 * misaligned.numpy())
 
 
 # --- exactly one copy ------------------------------------------------------------------------
