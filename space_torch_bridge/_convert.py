@@ -23,10 +23,12 @@ float16 / bfloat16                        one copy into float32 (the bridge comp
                                           float32 and casts results back)
 ========================================  ==============================================
 
-Inside the bridge's ops, :func:`to_jax_argument` hands a CPU tensor to the jitted call as a NumPy
-view of its (shareable) memory instead of a DLPack capsule: ``jax.jit`` places an aligned NumPy
+Inside the bridge's ops, :func:`to_jax_argument` hands a row-major CPU tensor to the jitted call
+as a NumPy view of its memory instead of a DLPack capsule: ``jax.jit`` places an aligned NumPy
 argument on the CPU without a copy, as it does a DLPack import, and costs about 5 us per tensor
-where the import costs 30 (a loss call takes ~10 tensors).
+where the import costs 30 (a loss call takes ~10 tensors). A misaligned one goes the same way and
+JAX makes the one copy (a ``memcpy`` on the calling thread): torch's ``copy_`` would wake
+torch's OpenMP workers, whose spinning slows the XLA call that follows on a small machine.
 
 float64 needs JAX's x64 mode, which JAX otherwise answers by silently truncating to float32. The
 bridge never turns x64 on globally: :func:`precision_scope` enables it, thread-locally, around
@@ -61,7 +63,8 @@ __all__ = [
 ]
 
 # XLA's CPU client shares host buffers only when they are aligned to this many bytes (it copies
-# misaligned ones on its own); the bridge makes the one copy itself so every platform behaves alike.
+# misaligned ones on its own); to_jax makes the one copy itself, so that the array it returns
+# never aliases misaligned memory (to_jax_argument leaves that copy to JAX, see above).
 _XLA_ALIGNMENT = 64
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
