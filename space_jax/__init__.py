@@ -37,17 +37,15 @@ from .losses import (
 )
 from .metrics import subspace_change
 from .moment_losses import combined_loss_from_moments
-from .moments import (
-    Moments,
+from .moment_solvers import (
     k_per_q_from_moments,
-    merge_moments,
-    moments,
     solve_dims_from_moments,
     solve_subspaces_from_moments,
-    stream_moments,
 )
+from .moments import Moments, merge_moments, moments
 from .pooling import compute_Q, ensure_dim, input_to_quantity, pool, pool_quantities, to_device
 from .shared import ProjectionConfig, SharedSpace, init_projections, train_projections
+from .streaming import stream_moments
 from .subspaces import Space, fit_decoders, principal_directions, solve_subspaces, subspaces
 from .sweep import SweepResult, expand_grid, sweep
 

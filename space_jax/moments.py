@@ -14,56 +14,31 @@ in exact arithmetic and stable in float32. Merging is associative and commutativ
 rounding, so chunks can be folded in any order, in a tree, inside ``jax.lax.scan``, or reduced
 across devices.
 
-:func:`solve_subspaces_from_moments` turns merged moments into the :class:`~space_jax.Space`
-that :func:`~space_jax.solve_subspaces` returns on the concatenated data, and
-:func:`k_per_q_from_moments` / :func:`solve_dims_from_moments` size the subspaces from the
-target moments. :func:`stream_moments` folds an iterable of host batches.
+Solving and sizing from moments is in :mod:`space_jax.moment_solvers`, losses from moments in
+:mod:`space_jax.moment_losses`, and :func:`~space_jax.stream_moments` (folding an iterable of
+host batches) in :mod:`space_jax.streaming`.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ._checks import (
     HALF_DTYPES,
     check_finite,
     check_keys,
     check_latents,
-    check_positive_int,
     flatten_target,
-    half_in_float32,
 )
 from ._spmd import batch_contract, batch_first, batch_gram, batch_mean
-from .dims import (
-    _avg_pool_matrix,
-    _thresholds,
-    bins_for_modes,
-    explained_rank_from_gram,
-    normalised_gram,
-)
-from .linalg import Solver, full, gram
-from .subspaces import Space, _basis, _leading_pair, _mask_rows, _normal_decoders, _resolve_k
+from .linalg import gram
 
-__all__ = [
-    "Moments",
-    "k_per_q_from_moments",
-    "merge_moments",
-    "moments",
-    "solve_dims_from_moments",
-    "solve_subspaces_from_moments",
-    "stream_moments",
-]
-
-logger = logging.getLogger(__name__)
-
-_EPS = 1e-8  # spacelearn's stabiliser of the explained-variance rule (as space_jax.dims)
+__all__ = ["Moments", "merge_moments", "moments"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -306,279 +281,9 @@ def _merge(a: Moments, b: Moments) -> Moments:
     )
 
 
-# --- solving --------------------------------------------------------------------------------
-
-
 def _require_samples(m: Moments, minimum: int, what: str) -> None:
     """Eager count check (skipped when the count is traced)."""
     if isinstance(m.count, jax.core.Tracer):
         return
     if float(m.count) < minimum:
         raise ValueError(f"m: {what} needs at least {minimum} samples, got count={m.count}")
-
-
-@half_in_float32
-def solve_subspaces_from_moments(
-    m: Moments,
-    k: int | Mapping[str, int] = 32,
-    *,
-    solver: Solver = "auto",
-    active_k: jax.typing.ArrayLike | Mapping | None = None,
-) -> Space:
-    """Subspaces, decoders and target directions from merged moments.
-
-    Equals :func:`~space_jax.solve_subspaces` on the concatenated data, by the same algebra:
-    ``W_q`` and ``V_q`` come from the SVD of ``Zc.T @ Yc_q`` and the decoder is the
-    minimum-norm solution of the normal equations ``(W_q Czz W_q.T) A_q = W_q Czy_q`` (a
-    ``k x k`` pseudo-inverse), the least-squares decoder of ``Zc @ W_q.T @ A_q ~ Yc_q``.
-
-    Args:
-      m: :class:`Moments` of at least 2 samples.
-      k: rows per basis, an int or ``{q: int}`` (static).
-      solver: SVD solver for ``Zc.T @ Yc_q`` (static).
-      active_k: optional traced number of active rows (an int array, or ``{q: int array}``),
-        as :func:`~space_jax.solve_subspaces`: rows from ``active_k`` on are zero in ``W`` and
-        ``A``, so a sweep over subspace sizes can ``vmap`` with a fixed ``k``.
-
-    Returns:
-      A :class:`~space_jax.Space`: ``W[q]`` ``(k_q, D)``, ``A[q]`` ``(k_q, m_q)``,
-      ``V[q]`` ``(m_q,)``, in ``m``'s quantity order.
-    """
-    m = _check_moments(m, "m")
-    _require_samples(m, 2, "centering")
-    ks = _resolve_k(k, m.names)
-    W, V = {}, {}
-    for q in m.names:
-        u, _, vh = full(m.zy[q], solver=solver)
-        W[q] = jax.lax.stop_gradient(_basis(u, ks[q]))
-        V[q] = jax.lax.stop_gradient(_leading_pair(u, vh)[1])
-    W = _mask_rows(W, active_k)
-    w_all = jnp.concatenate(list(W.values()), axis=0)
-    A = _normal_decoders(W, w_all @ m.zz @ w_all.T, {q: W[q] @ m.zy[q] for q in W})
-    A = {q: jax.lax.stop_gradient(a) for q, a in _mask_rows(A, active_k).items()}
-    return Space(W, A, V)
-
-
-# --- sizing ---------------------------------------------------------------------------------
-
-
-_explained_rank_of_gram_jit = jax.jit(explained_rank_from_gram)
-
-
-def _host_moments(m, name: str = "m") -> Moments:
-    m = _check_moments(m, name)
-    _require_samples(m, 2, "sizing")
-    for q in m.names:
-        check_finite(m.yy[q], f"{name}.yy[{q!r}]")
-    return m
-
-
-def _rank(g: jax.Array, t: float) -> int:
-    g = normalised_gram(g)  # the rule of k_per_q on the data: scale-free, no overflow
-    return int(_explained_rank_of_gram_jit(g, jnp.asarray(t, g.dtype)))
-
-
-def k_per_q_from_moments(
-    m: Moments,
-    threshold: float | Mapping[str, float] = 0.90,
-    *,
-    default_threshold: float | None = None,
-    per_quantity: bool = True,
-) -> int | dict[str, int]:
-    """:func:`~space_jax.k_per_q` from target moments instead of the targets.
-
-    The spectrum of the centered targets is the eigenvalues of ``Yc_q.T @ Yc_q``, so the result
-    equals ``k_per_q`` on the concatenated (pooled) targets.
-
-    Args:
-      m: :class:`Moments` of at least 2 samples.
-      threshold, default_threshold, per_quantity: as :func:`~space_jax.k_per_q`.
-
-    Returns:
-      ``{q: int}`` or the largest ``k_q``.
-    """
-    m = _host_moments(m)
-    names = dict.fromkeys(m.names)
-    ts = _thresholds(names, threshold, default_threshold, 0.90, "threshold")
-    ks = {q: _rank(m.yy[q], ts[q]) for q in m.names}
-    logger.info("subspace sizes from moments: %s", ks)
-    return ks if per_quantity else max(ks.values())
-
-
-def solve_dims_from_moments(
-    m: Moments,
-    max_bins: int,
-    bin_thresholds: float | Mapping[str, float],
-    k_thresholds: float | Mapping[str, float],
-    *,
-    bin_default_threshold: float | None = None,
-    k_default_threshold: float | None = None,
-    pooling_mode: str = "avg",
-    pool_per_quantity: bool = False,
-    k_per_quantity: bool = False,
-) -> dict[str, tuple[int, int]]:
-    """:func:`~space_jax.solve_dims` from target moments instead of the targets.
-
-    Average pooling is linear, ``pooled(Yc) = Yc @ P``, so the pooled targets' moments are
-    ``P.T @ (Yc.T @ Yc) @ P`` and the result equals ``solve_dims`` on the concatenated targets.
-    Max pooling is not linear and cannot be computed from moments.
-
-    Args:
-      m: :class:`Moments` of at least 2 samples whose targets are ``(S,)`` series or
-        ``(C, H, W)`` fields per sample.
-      max_bins, bin_thresholds, k_thresholds, bin_default_threshold, k_default_threshold,
-        pool_per_quantity, k_per_quantity: as :func:`~space_jax.solve_dims`.
-      pooling_mode: must be ``"avg"``.
-
-    Returns:
-      ``{q: (n_bins, k)}``.
-    """
-    if pooling_mode != "avg":
-        raise ValueError(
-            f"pooling_mode: only 'avg' pooling can be sized from moments (it is linear), got "
-            f"{pooling_mode!r}; use solve_dims on the targets for max pooling"
-        )
-    max_bins = check_positive_int(max_bins, "max_bins")
-    m = _host_moments(m)
-    names = dict.fromkeys(m.names)
-    bin_ts = _thresholds(names, bin_thresholds, bin_default_threshold, 0.95, "bin_thresholds")
-    bins = {q: int(bins_for_modes(_rank(m.yy[q], bin_ts[q]), max_bins)) for q in m.names}
-    if not pool_per_quantity:
-        bins = dict.fromkeys(m.names, max(bins.values()))
-    k_ts = _thresholds(names, k_thresholds, k_default_threshold, 0.90, "k_thresholds")
-    ks = {}
-    for q in m.names:
-        p = _avg_pool_matrix(m.target_shapes[q], bins[q], m.yy[q].dtype, f"m (quantity {q!r})")
-        ks[q] = _rank(p.T @ m.yy[q] @ p, k_ts[q])
-    if not k_per_quantity:
-        ks = dict.fromkeys(m.names, max(ks.values()))
-    logger.info("dimensions from moments: %s", {q: (bins[q], ks[q]) for q in m.names})
-    return {q: (bins[q], ks[q]) for q in m.names}
-
-
-# --- streaming ------------------------------------------------------------------------------
-
-
-def _all_finite(m: Moments) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(m)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def _batch_moments(Z, ys: tuple, names: tuple[str, ...]) -> Moments:
-    return moments(Z, dict(zip(names, ys, strict=True)))
-
-
-@functools.partial(jax.jit, static_argnames=("names",))
-def _start(Z, ys, names):
-    batch = _batch_moments(Z, ys, names)
-    return batch, _all_finite(batch)
-
-
-@functools.partial(jax.jit, static_argnames=("names",))
-def _fold(acc, Z, ys, names):
-    batch = _batch_moments(Z, ys, names)
-    return merge_moments(acc, batch), _all_finite(batch)
-
-
-def _unpack(batch, index: int) -> tuple:
-    if not isinstance(batch, tuple | list) or len(batch) != 2:
-        raise TypeError(f"batches[{index}]: expected a pair (Z, Y), got {type(batch)}")
-    Z, Y = batch
-    if not isinstance(Y, Mapping) or len(Y) == 0:
-        raise ValueError(f"batches[{index}]: Y must be a non-empty dict of per-quantity targets")
-    return Z, tuple(Y.values()), tuple(Y)
-
-
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        raise ImportError("stream_moments(progress=True) needs tqdm: pip install tqdm") from None
-    return tqdm(unit="sample", unit_scale=True, desc="moments")
-
-
-def _global_batch(sharding, Z, ys: tuple, index: int) -> tuple:
-    """This process's part of a batch, as a global array laid out by ``sharding``."""
-    try:
-        return tuple(
-            jax.make_array_from_process_local_data(sharding, np.asarray(x)) for x in (Z, *ys)
-        )
-    except ValueError as e:
-        raise ValueError(
-            f"batches[{index}]: this process's {np.shape(Z)[0]} samples cannot be laid out "
-            f"by sharding={sharding} (the batch must split evenly over the devices of its "
-            f"batch axis; drop or pad the last batch): {e}"
-        ) from e
-
-
-def stream_moments(
-    batches: Iterable,
-    *,
-    progress: bool = False,
-    initial: Moments | None = None,
-    sharding: jax.sharding.Sharding | None = None,
-) -> Moments:
-    """Folds an iterable of host batches into one :class:`Moments`.
-
-    Each batch is reduced to its moments and merged into the running total by one jitted call
-    (compiled once per batch shape), so memory stays at one batch plus ``O(D**2 + D M + M**2)``
-    whatever the number of samples. Dispatch is asynchronous: the next batch is produced while
-    the previous one is reduced.
-
-    Args:
-      batches: an iterable (generator, data loader) of ``(Z, Y)`` pairs: latents ``(B, D)``
-        with ``B >= 1`` and ``{q: (B, ...)}`` targets, NumPy or JAX arrays.
-      progress: show a tqdm progress bar counting samples.
-      initial: moments to continue from (for example a previous epoch or data set).
-      sharding: lay each batch out over devices, for example
-        ``NamedSharding(mesh, P("batch"))``. Every batch is then this process's part of a
-        global batch (``jax.make_array_from_process_local_data``): on several hosts each one
-        streams its own shard (all hosts the same number of batches, each split evenly over
-        its devices), and the result, identical on every host, is the moments of all of them.
-        Without it, batches are used as given (JAX arrays may already be global).
-
-    Returns:
-      The merged :class:`Moments`.
-
-    Raises:
-      ValueError: no batches, an empty batch, a NaN or infinite value (the error names the
-        batch), or batches with different quantities, target shapes or latent sizes.
-    """
-    acc = None if initial is None else _check_moments(initial, "initial")
-    bar = _progress_bar(progress)
-    pending = None  # (index, finite flag) of the previous batch, checked one step late
-    index = -1
-    try:
-        for index, batch in enumerate(batches):
-            Z, ys, names = _unpack(batch, index)
-            if sharding is not None:
-                Z, *ys = _global_batch(sharding, Z, ys, index)
-                ys = tuple(ys)
-            try:
-                if acc is None:
-                    acc, finite = _start(Z, ys, names=names)
-                else:
-                    acc, finite = _fold(acc, Z, ys, names=names)
-            except (ValueError, TypeError) as e:
-                raise type(e)(f"batches[{index}]: {e}") from e
-            if pending is not None:
-                _raise_if_not_finite(*pending)
-            pending = (index, finite)
-            if bar is not None:
-                bar.update(jnp.shape(Z)[0])
-        if pending is not None:
-            _raise_if_not_finite(*pending)
-    finally:
-        if bar is not None:
-            bar.close()
-    if acc is None:
-        raise ValueError("batches: the iterable yielded no batches")
-    logger.debug("streamed %d batches, %s samples", index + 1, acc.count)
-    return acc
-
-
-def _raise_if_not_finite(index: int, finite: jax.Array) -> None:
-    if not bool(finite):
-        raise ValueError(f"batches[{index}]: contains NaN or infinity")
