@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 import torch
 
-from space_torch_bridge import _autograd
+from space_torch_bridge import _autograd, _impl
 
 
 def jax_loss(Z, W, Y):
@@ -109,11 +109,11 @@ def test_backward_twice_without_retain_graph_is_refused_like_torch():
 
 def test_no_grad_runs_no_gradient_work():
     Z, W, Y = inputs(seed=3, B=11)
-    before = _autograd._value_and_grad_fn.cache_info().misses
+    before = _impl._value_and_grad_fn.cache_info().misses
     with torch.no_grad():
         loss = bridged_loss(Z, W, Y)
     assert loss.grad_fn is None and not loss.requires_grad
-    assert _autograd._value_and_grad_fn.cache_info().misses == before
+    assert _impl._value_and_grad_fn.cache_info().misses == before
 
 
 def test_compiled_once_per_shape_dtype_and_grad_mask():

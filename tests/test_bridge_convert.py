@@ -209,7 +209,6 @@ def test_a_loss_call_shares_every_input_and_output(monkeypatch):
     """Through a whole bridged call: contiguous inputs cross as views of their own memory (jit
     places them without a copy) and the results come back by DLPack without copies."""
     import space_torch_bridge as bridge
-    from space_torch_bridge import _autograd
 
     pairs = []
     real_to_jax, real_to_torch = _convert.to_jax_argument, _convert.to_torch
@@ -224,8 +223,8 @@ def test_a_loss_call_shares_every_input_and_output(monkeypatch):
         pairs.append(("result", a.unsafe_buffer_pointer(), t.data_ptr()))
         return t
 
-    monkeypatch.setattr(_autograd._convert, "to_jax_argument", spy_to_jax)
-    monkeypatch.setattr(_autograd._convert, "to_torch", spy_to_torch)
+    monkeypatch.setattr(_convert, "to_jax_argument", spy_to_jax)
+    monkeypatch.setattr(_convert, "to_torch", spy_to_torch)
     g = torch.Generator().manual_seed(0)
     Z = torch.randn(32, 8, generator=g, requires_grad=True)
     Y = {"a": torch.randn(32, 3, generator=g), "b": torch.randn(32, 1, 2, 2, generator=g)}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import space_torch_bridge as sl
-from space_torch_bridge import _autograd
+from space_torch_bridge import _impl
 
 N, B, D, Q, K, M = 3, 48, 6, 2, 2, 3
 F64 = {"rtol": 1e-10, "atol": 1e-12}
@@ -44,7 +44,7 @@ def test_vmap_of_a_loss_is_one_batched_call_equal_to_the_loop(monkeypatch):
     Zb, W, A, Y = problem()
     loop = stacked(lambda z: loss(z, W, A, Y), [(z,) for z in Zb])
     calls = []
-    batched = _autograd._batched
+    batched = _impl._batched
 
     def counted(fn, axes, *args):
         def run(*a):
@@ -53,7 +53,7 @@ def test_vmap_of_a_loss_is_one_batched_call_equal_to_the_loop(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(_autograd, "_batched", counted)
+    monkeypatch.setattr(_impl, "_batched", counted)
     got = torch.func.vmap(lambda z: loss(z, W, A, Y))(Zb)
     # One jax.vmap call for all N items: Z batched, the bases, decoders and targets shared.
     assert calls == [(0,) + (None,) * (3 * Q)]
