@@ -21,10 +21,12 @@ import contextlib
 import gc
 import importlib.metadata
 import io
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +39,7 @@ __all__ = [
     "peak_rss_increase",
     "quiet",
     "ratio",
+    "result_in_subprocess",
     "time_blocks",
 ]
 
@@ -182,6 +185,42 @@ def time_blocks(
             if time.perf_counter() - start > max_seconds:
                 break
     return {name: Timing.from_samples(samples[name], first[name], calls[name]) for name in names}
+
+
+def result_in_subprocess(
+    module: str,
+    function: str,
+    args: Sequence[object],
+    *,
+    env: Mapping[str, str],
+    label: str,
+    timeout: float | None = 900,
+) -> object:
+    """``benchmarks.<module>.<function>(*args)``, JSON-serialisable, run in a fresh interpreter
+    with the environment ``env`` (for settings that take effect only at process start: malloc,
+    XLA flags, OpenMP). ``args`` are Python literals (they travel as their ``repr``).
+
+    Raises:
+      RuntimeError: ``label`` and the child's last stderr line, when it fails or prints no result.
+    """
+    call = f"{function}({', '.join(repr(a) for a in args)})"
+    code = (
+        f"import json; from benchmarks.{module} import {function}; "
+        f"print('RESULT' + json.dumps({call}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        raise RuntimeError(f"{label}: {tail}")
+    return json.loads(lines[-1][len("RESULT") :])
 
 
 def _status_bytes(field: str) -> int | None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+
+from .harness import result_in_subprocess
 
 __all__ = ["SETTINGS", "measure", "run"]
 
@@ -77,28 +78,16 @@ def _clean_env(extra: dict) -> dict:
 def run(size: str = "large", repeats: int = 2, rounds: int = 5, log=None) -> dict:
     """``{setting: {op: {"ms", "ratio", "faults"}}}``: medians over ``repeats``; ``ratio`` is the
     setting's time over glibc's defaults in the same repeat (below 1: faster)."""
-    code = (
-        "import json; from benchmarks.malloc import measure; "
-        f"print('RESULT' + json.dumps(measure({size!r}, {rounds})))"
-    )
     samples: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     for rep in range(repeats):
         order = list(SETTINGS) if rep % 2 == 0 else list(SETTINGS)[::-1]  # drift cancels
         for name in order:
             extra = SETTINGS[name]
-            proc = subprocess.run(
-                [sys.executable, "-c", code],
-                env=_clean_env(extra),
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=900,
+            samples[name].append(
+                result_in_subprocess(
+                    "malloc", "measure", (size, rounds), env=_clean_env(extra), label=name
+                )
             )
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
-            if proc.returncode != 0 or not lines:
-                tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                raise RuntimeError(f"{name}: {tail}")
-            samples[name].append(json.loads(lines[-1][len("RESULT") :]))
             if log:
                 log(f"  malloc {rep + 1}/{repeats} {name}: {samples[name][-1]}")
     base = samples["glibc defaults"]

@@ -28,9 +28,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from .harness import result_in_subprocess
 
 __all__ = ["SIZES", "run", "step_times"]
 
@@ -131,23 +132,13 @@ def _summary(runs: dict[bool, list[dict]]) -> dict:
 
 
 def _worker(impl: str, size: str, steps: int, env: dict[str, str]) -> dict:
-    code = (
-        "import json; from benchmarks.torch_step import step_times; "
-        f"print('RESULT' + json.dumps(step_times({impl!r}, {size!r}, {steps})))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
+    return result_in_subprocess(
+        "torch_step",
+        "step_times",
+        (impl, size, steps),
         env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
+        label=f"{impl} at {size}",
     )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        raise RuntimeError(f"{impl} at {size}: {tail}")
-    return json.loads(lines[-1][len("RESULT") :])
 
 
 def run(

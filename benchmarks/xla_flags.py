@@ -12,10 +12,10 @@ its runtime choices. Flags are set for the subprocesses only, never in the libra
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
+
+from .harness import result_in_subprocess
 
 CANDIDATES = {
     "default": "",
@@ -61,24 +61,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--single-thread", action="store_true", help="one thread everywhere")
     args = p.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
-    code = (
-        "import json, sys; from benchmarks.xla_flags import measure; "
-        f"print('RESULT' + json.dumps(measure({sizes!r}, {args.rounds})))"
-    )
     results = {}
     for label, flags in CANDIDATES.items():
         env = dict(os.environ)
         env["XLA_FLAGS"] = " ".join(f for f in (flags, _SINGLE_THREAD * args.single_thread) if f)
         if args.single_thread:
             env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-        proc = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-        )
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
-        if proc.returncode != 0 or not lines:
-            results[label] = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-        else:
-            results[label] = json.loads(lines[-1][len("RESULT") :])
+        try:
+            results[label] = result_in_subprocess(
+                "xla_flags", "measure", (sizes, args.rounds), env=env, label=label, timeout=None
+            )
+        except RuntimeError as e:
+            results[label] = {"error": str(e)}
         print(f"{label}: {results[label]}", file=sys.stderr, flush=True)
 
     header = "| XLA_FLAGS | " + " | ".join(

@@ -218,6 +218,19 @@ def test_torch_step_share_is_the_median_of_paired_differences():
     assert {f"{p} plain_s" for p in torch_step.PHASES} <= set(out)
 
 
+def test_result_in_subprocess_returns_the_child_s_value_or_names_the_failure():
+    import os
+
+    timing = {"samples": [0.3, 0.1], "first_s": 1.0}
+    env = dict(os.environ)
+    got = harness.result_in_subprocess(
+        "harness", "min_over", ([timing, timing],), env=env, label="min", timeout=120
+    )
+    assert got == harness.min_over([timing, timing])  # computed in the child, back as JSON
+    with pytest.raises(RuntimeError, match=r"^missing: ImportError: cannot import name"):
+        harness.result_in_subprocess("harness", "no_such_function", (), env=env, label="missing")
+
+
 def test_malloc_benchmark_runs_each_setting_in_a_clean_environment(monkeypatch):
     from benchmarks import malloc
 
@@ -240,7 +253,7 @@ def test_malloc_benchmark_runs_each_setting_in_a_clean_environment(monkeypatch):
         out = {op: {"ms": next(times), "faults": 1.0} for op in malloc._OPS}
         return types.SimpleNamespace(returncode=0, stdout="RESULT" + json.dumps(out), stderr="")
 
-    monkeypatch.setattr(malloc.subprocess, "run", fake_run)
+    monkeypatch.setattr(harness.subprocess, "run", fake_run)
     res = malloc.run("main", repeats=2)
     names = list(malloc.SETTINGS)
     order = ["glibc defaults", "ours", "launch"]
