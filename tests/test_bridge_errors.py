@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 
 import jax
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import space_torch_bridge as bridge
-from space_torch_bridge import data, loss, optim, util
+from space_torch_bridge import _impl, data, loss, optim, util
 
 B, D = 16, 6
 
@@ -43,6 +47,23 @@ def test_non_finite_tensor_is_refused_by_name(where, name, bad):
     target.view(-1)[3] = bad
     with pytest.raises(ValueError, match=re.escape(f"combined_loss: {name} contains NaN")):
         combined(*args)
+
+
+# Entries mixing ordinary values, float32's largest (whose column sums overflow) and NaN/inf.
+_ENTRIES = st.sampled_from([0.0, -1.5, 2.0, 3.0e38, -3.0e38, float("nan"), float("inf"), -np.inf])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=hnp.arrays(
+        np.float32, hnp.array_shapes(min_dims=0, max_dims=3, max_side=5), elements=_ENTRIES
+    )
+)
+def test_finite_flag_is_exact_where_column_sums_overflow(x):
+    flag = jax.jit(_impl._finite)(x)
+    assert bool(flag) == bool(np.all(np.isfinite(x)))
+    if x.ndim:  # the batched form takes both branches of the cond
+        assert bool(jax.jit(jax.vmap(_impl._finite))(x[None])[0]) == bool(flag)
 
 
 def test_non_finite_targets_are_refused_by_the_sizing_functions():
