@@ -154,7 +154,9 @@ def batch_gram(x: jax.Array) -> jax.Array:
     arithmetic. Its speed depends on the machine's kernels: on 2 CPU cores (alternating
     rounds; ``benchmarks.breakdown`` times both forms) it took 0.78-0.82x the time of one
     product at ``d = 512`` on one machine and 1.07-1.11x on another (AMD EPYC both), and the
-    same time within noise at ``d = 256`` on both. On a mesh it all-reduces only the three
+    same time within noise at ``d = 256`` on both; on a third (AVX-512) 0.73x alone at
+    ``d = 256``, and the whole combined-loss fwd+bwd there took 0.89-0.95x the time it takes
+    with one product (per-round ratios, one process). On a mesh it all-reduces only the three
     distinct blocks (3/4 of the bytes). The off-diagonal blocks are exact transposes.
     """
     x = jnp.asarray(x)
