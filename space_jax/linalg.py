@@ -325,7 +325,7 @@ def _residual_gram_eigvals_only(x, w, n):
 
 def _residual_gram_eigh(x, w, n):
     """The ``n`` leading eigenpairs of ``P G P`` (:mod:`space_jax._top_eigh`: on CPU from
-    ``D = 256`` on without the whole decomposition), and ``G``."""
+    ``D = 128`` on without the whole decomposition), and ``G``."""
     m, g = _residual_gram(x, w)
     lam, v = top_eigh(m, n)
     return lam, v, g

@@ -15,7 +15,7 @@ All losses are built on second-order statistics of the centered batch ``Zc`` (``
 
 So a call costs one ``B x D x D`` product (``G``; from ``D = 256`` on three half-width
 products, 3/4 of the arithmetic: :func:`space_jax._spmd.batch_gram`), one ``B x D x K`` product
-(``S``) and the ``n_dir`` leading eigenpairs of ``P G P`` forward (on CPU from ``D = 256``
+(``S``) and the ``n_dir`` leading eigenpairs of ``P G P`` forward (on CPU from ``D = 128``
 without the whole decomposition: :mod:`space_jax._top_eigh`), and backward one
 ``B x D x n_dir`` product and one
 ``B x (K + n_dir) x D`` product: the isotropy gradient needs only the ``n_dir`` leading
