@@ -107,6 +107,29 @@ def test_explained_rank_matches_svd_rule(seed, B, m, t):
         assert got == min(int(np.sum(cumulative < t)) + 1, m)
 
 
+@settings(max_examples=10, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    shape=st.sampled_from([(512, 256), (1024, 300), (300, 400)]),
+    modes=st.integers(1, 40),
+    t=st.floats(0.05, 0.99),
+)
+def test_explained_rank_matches_svd_rule_at_the_tridiagonal_route(seed, shape, modes, t):
+    """From 256 columns (or samples, for the ``B x B`` Gram) the spectrum comes from the
+    tridiagonal route (``space_jax._top_eigh``): the rank still equals the SVD rule's, in
+    float32, on targets of a few modes plus noise (the usual sizing problem)."""
+    rng = np.random.default_rng(seed)
+    B, m = shape
+    y = rng.normal(size=(B, modes)) * np.geomspace(10, 1, modes) @ rng.normal(size=(modes, m))
+    y = y + 0.05 * rng.normal(size=(B, m))
+    s2 = np.linalg.svd(y - y.mean(0), compute_uv=False) ** 2
+    cumulative = np.cumsum(s2 / s2.sum())
+    # float32 spectra carry ~1e-6 relative error: skip draws that sit on the threshold.
+    if np.min(np.abs(cumulative - t)) > 1e-4:
+        got = int(sj.explained_rank(jnp.asarray(y, jnp.float32), t))
+        assert got == min(int(np.sum(cumulative < t)) + 1, m)
+
+
 @pytest.mark.parametrize(
     "k, kwargs, expected",
     [
@@ -165,6 +188,8 @@ def test_bad_input():
         sj.align_latent_dim(0, 4)
     with pytest.raises(ValueError, match=r"k\['a'\]: expected an int >= 1, got 0"):
         sj.minimal_latent_dim({"a": 0})
+    with pytest.raises(ValueError, match=r"g: expected a square Gram matrix \(m, m\), got"):
+        sj.explained_rank_from_gram(jnp.ones((2, 3, 3)), 0.9)
 
 
 @pytest.mark.parametrize("pool_per_q, k_per_q", [(False, False), (True, True)])

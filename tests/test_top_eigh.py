@@ -64,6 +64,9 @@ def test_the_route_is_taken_where_it_pays_and_not_below():
     # D x D: a tridiagonal reduction; the only full eigh is the n x n Rayleigh-Ritz one.
     assert eigensolvers(lambda a: _top_eigh.top_eigh(a, N), D) == {("sytrd", D), ("syevd", N)}
     assert eigensolvers(lambda a: _top_eigh.top_eigvalsh(a, N), D) == {("sytrd", D)}
+    # Eigenvalues only: the whole spectrum too from ALL_VALUES_MIN columns on, not below.
+    assert eigensolvers(lambda a: _top_eigh.top_eigvalsh(a, D), D) == {("sytrd", D)}
+    assert eigensolvers(lambda a: _top_eigh.top_eigvalsh(a, 128), 128) == {("syevd", 128)}
     # Small matrices, or half the spectrum: the whole decomposition is cheaper.
     assert eigensolvers(lambda a: _top_eigh.top_eigh(a, 8), 64) == {("syevd", 64)}
     assert eigensolvers(lambda a: _top_eigh.top_eigh(a, D // 2), D) == {("syevd", D)}
@@ -136,6 +139,18 @@ def test_multisection_values_of_any_tridiagonal(seed, exponent, zero_fraction, r
     assert got.dtype == np.float32 and got.shape == (N,)
     norm = np.abs(np.linalg.eigvalsh(t)).max()
     assert np.abs(got - want).max() <= 64 * np.finfo(np.float32).eps * norm
+
+
+def test_the_whole_spectrum_by_the_route():
+    """All ``D`` eigenvalues (what the rank rule of ``space_jax.dims`` reads) equal LAPACK's."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4 * D, 4)) @ rng.standard_normal((4, D))
+    a = (x + 0.1 * rng.standard_normal((4 * D, D))).T @ x  # a few modes and noise: the usual
+    for case in (a + a.T, np.zeros((D, D)), np.diag(np.arange(D, dtype=float))):
+        got = np.asarray(jax.jit(lambda m: _top_eigh.top_eigvalsh(m, D))(case.astype(np.float32)))
+        want = np.linalg.eigvalsh(case)[::-1]
+        assert got.shape == (D,)
+        assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-30)
 
 
 def test_vmap_equals_each_call():
