@@ -15,8 +15,9 @@ Two process-level facts (README, "PyTorch"): DataLoader workers that call the br
 started (the bridge raises instead of hanging); and on few cores ``OMP_WAIT_POLICY=PASSIVE``,
 set before torch is imported, stops torch's OpenMP workers from spin-waiting on the cores the
 bridge's XLA call needs, but can also slow torch's own passes (on 2 cores the whole training
-step of the README's benchmark was 1.6x slower with it at the small size, and at the main size
-slower in one run and the same in the next), so the bridge leaves it to you.
+step of the README's benchmark was 1.6-1.8x slower with it at the small size, and at the main
+size slower in one run, the same in another and 13% faster in a third), so the bridge leaves it
+to you.
 """
 
 import logging
