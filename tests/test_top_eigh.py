@@ -161,6 +161,11 @@ def test_vmap_equals_each_call():
     for i, (lam, v) in enumerate(single):
         np.testing.assert_array_equal(np.asarray(batched[0][i]), np.asarray(lam))
         np.testing.assert_array_equal(np.asarray(batched[1][i]), np.asarray(v))
+    # The whole spectrum (the sizing functions' route) under vmap: the same values as each call.
+    spectra = jax.jit(jax.vmap(lambda m: _top_eigh.top_eigvalsh(m, D)))(jnp.asarray(a))
+    for i, m in enumerate(a):
+        want = jax.jit(lambda m: _top_eigh.top_eigvalsh(m, D))(jnp.asarray(m))
+        np.testing.assert_array_equal(np.asarray(spectra[i]), np.asarray(want))
 
 
 def test_isotropy_through_the_route_equals_the_full_decomposition(monkeypatch):
